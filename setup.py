@@ -20,7 +20,6 @@ import os
 import sys
 
 from setuptools import find_packages, setup
-from setuptools.command.build_ext import build_ext
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCHS = "8.0;9.0"
@@ -51,7 +50,7 @@ def _extensions():
         return [], {}
 
     sources = _sources("csrc/*.cpp", "csrc/cpu/*.cpp")
-    cxx = ["-O3", "-std=c++17"]
+    cxx = ["-O3", "-fopenmp"]  # -fopenmp: at::parallel_for is header-inlined OpenMP
     macros: list[tuple[str, str | None]] = []
     use_cuda = bool(torch.version.cuda) and cpp_extension.CUDA_HOME is not None
     if torch.version.cuda and cpp_extension.CUDA_HOME is None:
@@ -64,11 +63,16 @@ def _extensions():
             "mtt_fast._C",
             sources,
             define_macros=macros,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "-lineinfo"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]},
+            extra_link_args=["-fopenmp"],
         )
     else:
         ext = cpp_extension.CppExtension(
-            "mtt_fast._C", sources, define_macros=macros, extra_compile_args={"cxx": cxx}
+            "mtt_fast._C",
+            sources,
+            define_macros=macros,
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=["-fopenmp"],
         )
 
     class OptionalBuildExt(cpp_extension.BuildExtension):

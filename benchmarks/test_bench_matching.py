@@ -1,0 +1,179 @@
+"""Trajectory matching: peak memory and time per iteration, checkpoint vs unroll.
+
+Run::
+
+    pytest benchmarks/test_bench_matching.py --benchmark-only \
+        --benchmark-json benchmarks/results/matching-cpu.json
+
+Environment knobs: ``MTT_FAST_BENCH_DEVICE`` (cpu | cuda, default cpu),
+``MTT_FAST_BENCH_STEPS`` (default ``10,20,40,80``), ``MTT_FAST_BENCH_IPC`` (default
+``10,50``), ``MTT_FAST_BENCH_BATCH50`` (batch_syn used at IPC 50 on CPU, default 100; the
+CUDA run uses the whole set unless set).
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` around one iteration; on CPU the
+peak resident set of a fresh subprocess running one iteration, minus its resident set just
+before the iteration (torch's CPU allocator returns large blocks to the OS, so the
+high-water mark is the iteration's own). ``stored_bytes`` (the flat parameter vectors kept
+by ``checkpoint``) is reported beside it and subtracted for the growth criterion.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+DEVICE = os.environ.get("MTT_FAST_BENCH_DEVICE", "cpu")
+STEPS = [int(s) for s in os.environ.get("MTT_FAST_BENCH_STEPS", "10,20,40,80").split(",")]
+IPCS = [int(s) for s in os.environ.get("MTT_FAST_BENCH_IPC", "10,50").split(",")]
+STRATEGY = "color_crop_cutout_flip_scale_rotate"
+
+_CHILD = r"""
+import json, resource, sys, time, torch
+from mtt_fast.models import get_model, flatten
+from mtt_fast.matching import match, make_plan
+cfg = json.loads(sys.argv[1])
+torch.manual_seed(0)
+dev = torch.device(cfg["device"])
+net = get_model("ConvNet", 3, 10, (32, 32)).to(dev)
+start = flatten(net).to(dev)
+target = start + 0.01 * torch.randn_like(start)
+n = 10 * cfg["ipc"]
+X = torch.randn(n, 3, 32, 32, device=dev)
+y = (torch.arange(n) % 10).to(dev)
+lr = torch.tensor(0.01, device=dev)
+plan = make_plan(n, cfg["steps"], cfg["batch"], cfg["strategy"],
+                 torch.Generator().manual_seed(0), dev)
+if dev.type == "cuda":
+    match(net, start, target, X, y, lr, cfg["steps"], plan=plan, mode=cfg["mode"],
+          segment=cfg["segment"])  # warm-up
+    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+else:
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+t = time.perf_counter()
+r = match(net, start, target, X, y, lr, cfg["steps"], plan=plan, mode=cfg["mode"],
+          segment=cfg["segment"])
+if dev.type == "cuda":
+    torch.cuda.synchronize()
+dt = time.perf_counter() - t
+if dev.type == "cuda":
+    peak = torch.cuda.max_memory_allocated() - base
+else:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+print(json.dumps({"peak": peak, "stored": r.stored_bytes, "seconds": dt,
+                  "segment": r.segment, "loss": float(r.loss)}))
+"""
+
+
+def _run_child(cfg: dict) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps(cfg)],
+        capture_output=True, text=True, check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _batch(ipc: int):
+    if ipc == 50:
+        env = os.environ.get("MTT_FAST_BENCH_BATCH50")
+        if env:
+            return None if env == "all" else int(env)
+        return 100 if DEVICE == "cpu" else None
+    return None
+
+
+_MEM: dict = {}
+
+
+@pytest.mark.parametrize("ipc", IPCS)
+@pytest.mark.parametrize("mode", ["unroll", "checkpoint"])
+@pytest.mark.parametrize("steps", STEPS)
+def test_peak_memory_vs_steps(benchmark, ipc, mode, steps):
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        pytest.skip("MTT_FAST_BENCH_DEVICE=cuda but no GPU is visible")
+    cfg = dict(device=DEVICE, ipc=ipc, steps=steps, mode=mode, segment=1,
+               batch=_batch(ipc), strategy=STRATEGY)
+    res = benchmark.pedantic(_run_child, args=(cfg,), rounds=1, iterations=1)
+    benchmark.group = f"memory ipc{ipc} {mode}"
+    benchmark.extra_info.update(cfg)
+    benchmark.extra_info.update(res)
+    graph = res["peak"] - res["stored"]
+    benchmark.extra_info["peak_minus_stored"] = graph
+    _MEM[(ipc, mode, steps)] = res
+    print(f"\n[memory] ipc={ipc} mode={mode} steps={steps}: peak={res['peak'] / 2**20:.1f} MiB "
+          f"stored={res['stored'] / 2**20:.1f} MiB peak-stored={graph / 2**20:.1f} MiB "
+          f"time={res['seconds']:.2f}s")
+    lo, hi = min(STEPS), max(STEPS)
+    if steps == hi and (ipc, mode, lo) in _MEM and lo < hi:
+        a = _MEM[(ipc, mode, lo)]
+        ratio = (res["peak"] - res["stored"]) / max(a["peak"] - a["stored"], 1)
+        benchmark.extra_info[f"growth_{lo}_to_{hi}"] = ratio
+        print(f"[memory] ipc={ipc} {mode}: peak(minus stored) at {hi} / at {lo} steps = "
+              f"{ratio:.2f}")
+        if mode == "checkpoint":
+            assert ratio <= 1.25, f"checkpoint peak grew {ratio:.2f}x from {lo} to {hi} steps"
+
+
+# ---- time per iteration, both modes in one process --------------------------------------
+
+def _setup_time(ipc: int, steps: int):
+    from mtt_fast.matching import make_plan
+    from mtt_fast.models import flatten, get_model
+
+    torch.manual_seed(0)
+    dev = torch.device(DEVICE)
+    net = get_model("ConvNet", 3, 10, (32, 32)).to(dev)
+    start = flatten(net).to(dev)
+    target = start + 0.01 * torch.randn_like(start)
+    n = 10 * ipc
+    X = torch.randn(n, 3, 32, 32, device=dev)
+    y = (torch.arange(n) % 10).to(dev)
+    lr = torch.tensor(0.01, device=dev)
+    plan = make_plan(n, steps, _batch(ipc), STRATEGY, torch.Generator().manual_seed(0), dev)
+    return net, start, target, X, y, lr, plan
+
+
+TIME_STEPS = int(os.environ.get("MTT_FAST_BENCH_TIME_STEPS", "10"))
+TIME_IPC = int(os.environ.get("MTT_FAST_BENCH_TIME_IPC", "10"))
+_TIMES: dict = {}
+
+
+@pytest.mark.parametrize("variant", ["unroll", "checkpoint", "auto"])
+def test_time_per_iteration(benchmark, variant):
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        pytest.skip("MTT_FAST_BENCH_DEVICE=cuda but no GPU is visible")
+    from mtt_fast.matching import match
+
+    net, start, target, X, y, lr, plan = _setup_time(TIME_IPC, TIME_STEPS)
+    mode = "unroll" if variant == "unroll" else "checkpoint"
+    seg = "auto" if variant == "auto" else 1
+    budget = 1 << 40  # "a generous budget"
+
+    def one():
+        r = match(net, start, target, X, y, lr, TIME_STEPS, plan=plan, mode=mode, segment=seg,
+                  memory_budget=budget)
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+        return r
+
+    ref = match(net, start, target, X, y, lr, TIME_STEPS, plan=plan, mode="unroll")
+    r = one()  # correctness before timing (also the warm-up)
+    rel = float((r.grad_images - ref.grad_images).norm() / ref.grad_images.norm())
+    assert rel <= 1e-4, rel
+    benchmark.group = f"time ipc{TIME_IPC} steps{TIME_STEPS}"
+    t = time.perf_counter()
+    benchmark.pedantic(one, rounds=3, iterations=1)
+    _TIMES[variant] = benchmark.stats.stats.median
+    benchmark.extra_info.update(dict(variant=variant, segment=r.segment, device=DEVICE,
+                                     ipc=TIME_IPC, steps=TIME_STEPS,
+                                     wall=time.perf_counter() - t))
+    if variant != "unroll" and "unroll" in _TIMES:
+        ratio = _TIMES[variant] / _TIMES["unroll"]
+        benchmark.extra_info["ratio_vs_unroll"] = ratio
+        print(f"\n[time] {variant} / unroll = {ratio:.3f}")

@@ -1,0 +1,448 @@
+"""Evaluation of a synthetic set by the paper's protocol, and the coreset baselines.
+
+:func:`evaluate` trains ``num_eval`` fresh models per architecture on the synthetic set
+only (SGD momentum 0.9, weight decay 5e-4, the learned lr, x0.1 at half, DSA, batch 256)
+and reports test accuracy mean +- std. :func:`coreset` picks real images per class
+(random or herding) and :func:`evaluate_baselines` evaluates them the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtt_fast.augment import DEFAULT_STRATEGY
+from mtt_fast.training import check_labels, train_and_test
+
+__all__ = ["EvalReport", "evaluate", "coreset", "evaluate_baselines", "load_synthetic"]
+
+CORESET_KINDS = ("random", "herding")
+
+
+@dataclass
+class EvalReport:
+    """Test accuracies of models trained on one or more image sets.
+
+    Attributes:
+        results: ``{source: {model: {"mean", "std", "runs", "train_mean"}}}``; accuracies
+            in [0, 1], ``runs`` the per-model test accuracies, ``std`` the population std
+            (``np.std``, as the original).
+        config: how the runs were made (dataset, ipc, epochs, num_eval, ...).
+    """
+
+    results: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable copy."""
+        return json.loads(json.dumps({"results": self.results, "config": self.config}))
+
+    def merge(self, other: EvalReport) -> EvalReport:
+        """Add ``other``'s sources (in place); returns self."""
+        for src, per_model in other.results.items():
+            self.results.setdefault(src, {}).update(per_model)
+        return self
+
+    def summary(self) -> str:
+        """One line per (source, model): ``source model: mean +- std % (n runs)``."""
+        lines = []
+        for src, per_model in self.results.items():
+            for m, r in per_model.items():
+                lines.append(
+                    f"{src:>8s} {m:<12s} {100 * r['mean']:6.2f} +- {100 * r['std']:5.2f} % "
+                    f"({len(r['runs'])} runs)"
+                )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def _stats(test: list[float], train: list[float]) -> dict[str, Any]:
+    return {
+        "mean": float(np.mean(test)),
+        "std": float(np.std(test)),
+        "runs": [float(a) for a in test],
+        "train_mean": float(np.mean(train)),
+    }
+
+
+def load_synthetic(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a synthetic set written by distillation (``torch.save`` of a dict).
+
+    Args:
+        path: the file; loaded with ``torch.load(weights_only=True)`` on the CPU.
+
+    Returns:
+        The dict; it has at least ``images (n, C, H, W)``, ``labels (n,) | (n, K)``, ``lr``.
+
+    Raises:
+        FileNotFoundError / ValueError: missing file, unsafe pickle or missing keys
+            (the message names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"synthetic set file {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, RuntimeError for corrupt zips, ...
+        raise ValueError(f"cannot load synthetic set {path} with weights_only=True: {e}") from e
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"synthetic set {path} holds a {type(obj).__name__}, expected a dict")
+    missing = [k for k in ("images", "labels") if k not in obj]
+    if missing:
+        raise ValueError(f"synthetic set {path} lacks key(s) {missing}; has {sorted(obj)}")
+    return dict(obj)
+
+
+def _check_set(images: torch.Tensor, labels: torch.Tensor, data: Any) -> None:
+    if not torch.is_tensor(images) or images.dim() != 4:
+        shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+        raise ValueError(f"images must be a (n, C, H, W) tensor, got {shape}")
+    want = (data.channels, *data.im_size)
+    if tuple(images.shape[1:]) != want:
+        raise ValueError(
+            f"images are {tuple(images.shape[1:])} (C, H, W) but the dataset "
+            f"{getattr(data, 'name', '')} has {want}"
+        )
+    check_labels(images, labels)
+    k = data.num_classes
+    if labels.dim() == 2 and labels.shape[1] != k:
+        raise ValueError(f"soft labels have {labels.shape[1]} classes, the dataset has {k}")
+    if labels.dim() == 1 and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= k):
+        raise ValueError(
+            f"labels must be in [0, {k}), got range [{int(labels.min())}, {int(labels.max())}]"
+        )
+
+
+def _kwargs_for(model_kwargs: Mapping | None, name: str, names: Sequence[str]) -> dict:
+    if not model_kwargs:
+        return {}
+    if any(k in names for k in model_kwargs):  # per-model mapping
+        return dict(model_kwargs.get(name) or {})
+    return dict(model_kwargs)
+
+
+def _run_models(
+    source: str,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    lr: float,
+    data: Any,
+    models: Sequence[str],
+    num_eval: int,
+    epochs: int,
+    batch_size: int,
+    dsa_strategy: str | None,
+    seed: int,
+    device: torch.device,
+    progress: bool,
+    model_kwargs: Mapping | None,
+) -> dict[str, dict[str, Any]]:
+    from mtt_fast.models import get_model
+
+    x, y = images.detach().to(device), labels.detach().to(device)
+    tx, ty = data.test_images.to(device), data.test_labels.to(device)
+    out: dict[str, dict[str, Any]] = {}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(models) * num_eval, desc=f"eval {source}", unit="model")
+    try:
+        for name in models:
+            kw = _kwargs_for(model_kwargs, name, models)
+            test, train = [], []
+            for r in range(num_eval):
+                torch.manual_seed(seed + r)
+                net = get_model(name, data.channels, data.num_classes, data.im_size, **kw)
+                gen = torch.Generator(device=device).manual_seed(seed + r)
+                res = train_and_test(
+                    net,
+                    x,
+                    y,
+                    tx,
+                    ty,
+                    lr,
+                    epochs,
+                    batch_size,
+                    dsa_strategy=dsa_strategy,
+                    generator=gen,
+                )
+                test.append(res["test_acc"])
+                train.append(res["train_acc"])
+                if bar is not None:
+                    bar.set_postfix(model=name, acc=f"{res['test_acc']:.3f}", refresh=False)
+                    bar.update(1)
+            out[name] = _stats(test, train)
+    finally:
+        if bar is not None:
+            bar.close()
+    return out
+
+
+def evaluate(
+    images: torch.Tensor | str | os.PathLike,
+    labels: torch.Tensor | None = None,
+    lr: float | torch.Tensor | None = None,
+    data: Any = None,
+    models: Sequence[str] | str = ("ConvNet",),
+    num_eval: int = 5,
+    epochs: int = 1000,
+    batch_size: int = 256,
+    dsa_strategy: str | None = DEFAULT_STRATEGY,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    model_kwargs: Mapping | None = None,
+    source: str = "mtt",
+    root: str | os.PathLike | None = None,
+) -> EvalReport:
+    """Evaluate a synthetic set: train fresh models on it only, test on the real test set.
+
+    Args:
+        images: (n, C, H, W) synthetic images in the data's processed space, or the path
+            of a file written by distillation (a dict with ``images``, ``labels``, ``lr``;
+            its values are used where ``labels`` / ``lr`` are not given).
+        labels: (n,) int64 or (n, K) float soft labels.
+        lr: training lr (the learned one), float or 0-dim tensor.
+        data: :class:`mtt_fast.data.Prepared` whose test split is used. With a file that
+            records ``dataset`` (and ``zca``), ``None`` prepares it from ``root``.
+        models: architecture names (``mtt_fast.models.MODEL_NAMES``).
+        num_eval: fresh models per architecture (model ``r`` seeded with ``seed + r``).
+        epochs: training epochs per model (1000 in the paper; 300 for the original's
+            periodic evaluation).
+        batch_size: mini-batch size (256).
+        dsa_strategy: DSA groups (default all); ``None`` trains without augmentation.
+        seed: base seed.
+        device: where the models train.
+        progress: show a tqdm bar.
+        model_kwargs: ``get_model`` overrides, for all models (``{"width": 64}``) or per
+            model (``{"ConvNet": {"width": 64}}``).
+        source: the name of this set in the report (default ``"mtt"``).
+        root: data folder used when ``data`` must be prepared from the file's ``dataset``.
+
+    Returns:
+        :class:`EvalReport` with ``results[source][model] = {"mean", "std", "runs", ...}``.
+
+    Raises:
+        ValueError: images not matching the data's (C, H, W), labels of the wrong length /
+            classes, a missing lr or data.
+    """
+    saved: dict[str, Any] = {}
+    if isinstance(images, (str, os.PathLike)):
+        saved = load_synthetic(images)
+        images = saved["images"]
+        labels = saved["labels"] if labels is None else labels
+        lr = saved.get("lr") if lr is None else lr
+        if data is None and saved.get("dataset"):
+            from mtt_fast.data import prepare
+
+            data = prepare(saved["dataset"], root=root, zca=bool(saved.get("zca")), device=device)
+    if data is None:
+        raise ValueError("evaluate needs data= (a mtt_fast.data.Prepared) for its test split")
+    if labels is None:
+        raise ValueError("evaluate needs labels for the synthetic images")
+    if lr is None:
+        raise ValueError("evaluate needs lr (the learned learning rate)")
+    lr_f = float(lr.detach()) if torch.is_tensor(lr) else float(lr)
+    if not math.isfinite(lr_f) or lr_f <= 0:
+        raise ValueError(f"lr must be a finite positive number, got {lr_f!r}")
+    if isinstance(models, str):
+        models = (models,)
+    _check_set(images, labels, data)
+    device = torch.device(device)
+    results = _run_models(
+        source,
+        images,
+        labels,
+        lr_f,
+        data,
+        tuple(models),
+        int(num_eval),
+        int(epochs),
+        batch_size,
+        dsa_strategy,
+        seed,
+        device,
+        progress,
+        model_kwargs,
+    )
+    n, k = images.shape[0], data.num_classes
+    config = {
+        "dataset": getattr(data, "name", None),
+        "zca": bool(getattr(data, "zca_flag", False)),
+        "num_images": int(n),
+        "ipc": n // k if n % k == 0 else n / k,
+        "lr": lr_f,
+        "epochs": int(epochs),
+        "num_eval": int(num_eval),
+        "batch_size": int(batch_size),
+        "dsa_strategy": dsa_strategy,
+        "seed": int(seed),
+        "models": list(models),
+    }
+    return EvalReport({source: results}, config)
+
+
+@torch.no_grad()
+def _features(x: torch.Tensor, model: torch.nn.Module | None, batch: int = 1024) -> torch.Tensor:
+    if model is None:
+        return x.flatten(1)
+    embed = getattr(model, "embed", None) or model
+    was = model.training
+    model.eval()
+    out = torch.cat([embed(x[s : s + batch]).flatten(1) for s in range(0, x.shape[0], batch)])
+    model.train(was)
+    return out
+
+
+def _herding(feat: torch.Tensor, n: int) -> torch.Tensor:
+    """Greedy mean matching: indices (n,) whose running mean best tracks ``feat``'s mean.
+
+    Runs on ``feat``'s device without host reads (a mask excludes chosen rows).
+    """
+    feat = feat.double()  # the greedy choice compares small differences of large sums
+    mu = feat.mean(0)
+    total = torch.zeros_like(mu)
+    taken = torch.zeros(feat.shape[0], dtype=torch.bool, device=feat.device)
+    chosen = []
+    for k in range(n):
+        dist = ((mu - (total + feat) / (k + 1)) ** 2).sum(1)
+        dist = dist.masked_fill(taken, math.inf)
+        j = dist.argmin()
+        chosen.append(j)
+        taken[j] = True
+        total = total + feat[j]
+    return torch.stack(chosen)
+
+
+def coreset(
+    data: Any,
+    ipc: int,
+    kind: str = "random",
+    seed: int = 0,
+    model: torch.nn.Module | str | None = None,
+    return_indices: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    """Pick ``ipc`` real training images per class.
+
+    Args:
+        data: :class:`mtt_fast.data.Prepared` (train split used).
+        ipc: images per class.
+        kind: ``"random"`` (a uniform subset of each class) or ``"herding"`` (greedy
+            matching of the class mean, Welling 2009, in a feature space).
+        seed: seeds the random choice, and the initialisation of ``model`` given by name.
+        model: feature space for herding: ``None`` uses raw pixels; a module uses its
+            ``embed`` (or its output); a name builds that architecture randomly initialised
+            (seeded with ``seed``), as the original's herding baseline uses the embedding
+            of a random ConvNet.
+        return_indices: also return the chosen rows of ``data.train_images``.
+
+    Returns:
+        ``(images (K * ipc, C, H, W), labels (K * ipc,) int64)``, grouped by class, on
+        the data's device; with ``return_indices`` a third tensor ``(K * ipc,)`` int64.
+
+    Raises:
+        ValueError: unknown ``kind``, ``ipc < 1`` or a class with fewer than ``ipc``
+            images.
+    """
+    if kind not in CORESET_KINDS:
+        raise ValueError(f"unknown coreset kind {kind!r}; expected one of {list(CORESET_KINDS)}")
+    if int(ipc) < 1:
+        raise ValueError(f"ipc must be >= 1, got {ipc!r}")
+    ipc = int(ipc)
+    x, y = data.train_images, data.train_labels
+    k = data.num_classes
+    counts = torch.bincount(y, minlength=k).tolist()
+    short = [c for c in range(k) if counts[c] < ipc]
+    if short:
+        raise ValueError(
+            f"ipc={ipc} but class(es) {short} have only {[counts[c] for c in short]} images"
+        )
+    net = None
+    if kind == "herding" and model is not None:
+        if isinstance(model, str):
+            from mtt_fast.models import get_model
+
+            torch.manual_seed(seed)
+            net = get_model(model, data.channels, data.num_classes, data.im_size)
+        else:
+            net = model
+        net = net.to(x.device)
+    gen = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in range(k):
+        idx = torch.nonzero(y == c).flatten()
+        if kind == "random":
+            sel = idx[torch.randperm(idx.numel(), generator=gen)[:ipc].to(idx.device)]
+        else:
+            sel = idx[_herding(_features(x[idx], net), ipc)]
+        picks.append(sel)
+    sel = torch.cat(picks)
+    if return_indices:
+        return x[sel].clone(), y[sel].clone(), sel
+    return x[sel].clone(), y[sel].clone()
+
+
+def evaluate_baselines(
+    data: Any,
+    ipc: int,
+    lr: float = 0.01,
+    kinds: Sequence[str] = CORESET_KINDS,
+    models: Sequence[str] | str = ("ConvNet",),
+    num_eval: int = 5,
+    epochs: int = 1000,
+    batch_size: int = 256,
+    dsa_strategy: str | None = DEFAULT_STRATEGY,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    herding_model: torch.nn.Module | str | None = None,
+    model_kwargs: Mapping | None = None,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Evaluate coreset baselines with the same protocol as :func:`evaluate`.
+
+    Args:
+        data: :class:`mtt_fast.data.Prepared`.
+        ipc: images per class.
+        lr: training lr for the real images (the original uses 0.01).
+        kinds: coreset kinds (``"random"``, ``"herding"``).
+        herding_model: feature space for herding (see :func:`coreset`).
+        models, num_eval, epochs, batch_size, dsa_strategy, seed, device, progress,
+        model_kwargs: as :func:`evaluate`.
+
+    Returns:
+        ``{kind: {model: {"mean", "std", "runs", "train_mean"}}}``, the shape of
+        :attr:`EvalReport.results`.
+    """
+    if isinstance(models, str):
+        models = (models,)
+    out = {}
+    for kind in kinds:
+        xs, ys = coreset(data, ipc, kind, seed, herding_model)
+        out[kind] = evaluate(
+            xs,
+            ys,
+            lr,
+            data,
+            models,
+            num_eval,
+            epochs,
+            batch_size,
+            dsa_strategy,
+            seed,
+            device,
+            progress,
+            model_kwargs,
+            source=kind,
+        ).results[kind]
+    return out

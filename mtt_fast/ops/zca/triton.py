@@ -1,0 +1,185 @@
+"""Fused Triton ZCA apply: ``((x * scale).flatten(1) - mean) @ matrix`` in one kernel.
+
+Each program loads uint8 / float16 / bfloat16 / float32 image tiles, scales and centres
+them in registers, multiplies them with tiles of the whitening matrix (``tl.dot``,
+float32 accumulation) and stores float32: the images are read once from memory (no
+float32 copy, no centred copy) and the output written once. Float64 images are cast to
+float32 on the host first (the result is float32 either way).
+
+Precision: ``input_precision="ieee"`` (default) is true float32 products, matching the
+reference to float32 round-off. On a GPU ``"tf32x3"`` (near-float32 accuracy on tensor
+cores) or ``"tf32"`` (about 1e-3 relative error) are faster; the interpreter ignores it.
+
+Gradient: with respect to ``x`` only (float ``x``), by one matmul with ``matrix^T``; the
+fitted ``mean`` and ``matrix`` get none (passing ones that require grad raises). The
+backward is not itself differentiable.
+
+This module imports without triton; calling it then raises ``RuntimeError``. On CPU
+tensors it runs only under the Triton interpreter (``TRITON_INTERPRET=1``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from mtt_fast.ops.zca.reference import check_apply_args, default_scale
+
+try:
+    import triton
+    import triton.language as tl
+
+    _jit = triton.jit
+    _IMPORT_ERROR: Exception | None = None
+except ImportError as _exc:  # pragma: no cover - exercised only without triton
+    triton = None  # type: ignore[assignment]
+    tl = None  # type: ignore[assignment]
+    _IMPORT_ERROR = _exc
+
+    def _jit(fn):
+        return fn
+
+
+__all__ = ["zca_apply", "available"]
+
+_PRECISIONS = ("ieee", "tf32", "tf32x3")
+
+
+@_jit
+def _zca_apply_kernel(
+    x_ptr, mean_ptr, w_ptr, out_ptr, N, D, scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr, PRECISION: tl.constexpr,
+):
+    # out[N, D] = (x[N, D] * scale - mean[D]) @ w[D, D]; grouped tile order so that a
+    # group of row tiles reuses the same matrix column tiles from L2.
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(N, BLOCK_M)
+    num_n = tl.cdiv(D, BLOCK_N)
+    per_group = GROUP_M * num_n
+    first_m = (pid // per_group) * GROUP_M
+    group_size = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_size
+    pid_n = (pid % per_group) // group_size
+
+    rm = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mm = rm < N
+    mn = rn < D
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, D, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        mk = rk < D
+        a = tl.load(x_ptr + rm[:, None] * D + rk[None, :], mask=mm[:, None] & mk[None, :],
+                    other=0).to(tl.float32)
+        mu = tl.load(mean_ptr + rk, mask=mk, other=0.0)
+        # padded k columns are 0 * scale - 0 = 0, and their matrix rows load as 0
+        a = a * scale - mu[None, :]
+        w = tl.load(w_ptr + rk[:, None] * D + rn[None, :], mask=mk[:, None] & mn[None, :],
+                    other=0.0)
+        acc = tl.dot(a, w, acc, input_precision=PRECISION)
+    tl.store(out_ptr + rm[:, None] * D + rn[None, :], acc, mask=mm[:, None] & mn[None, :])
+
+
+def available() -> bool:
+    """Whether triton imported (the kernel can still need a GPU or TRITON_INTERPRET=1)."""
+    return _IMPORT_ERROR is None
+
+
+def _config(device_type: str, precision: str) -> dict:
+    if device_type != "cuda":  # interpreter: big tiles mean few (slow) Python programs
+        return {"BLOCK_M": 32, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}
+    if precision == "ieee":  # FMA path; untuned guess, see the report
+        return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 4,
+                "num_stages": 3}
+    return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 8,
+            "num_stages": 3}
+
+
+def _launch(
+    x2: torch.Tensor, mean: torch.Tensor, matrix: torch.Tensor, scale: float, precision: str,
+    config: dict | None,
+) -> torch.Tensor:
+    N, D = x2.shape
+    out = torch.empty((N, D), dtype=torch.float32, device=x2.device)
+    if out.numel() == 0:
+        return out
+    cfg = dict(config or _config(x2.device.type, precision))
+    grid = (triton.cdiv(N, cfg["BLOCK_M"]) * triton.cdiv(D, cfg["BLOCK_N"]),)
+    ctx = torch.cuda.device(x2.device) if x2.is_cuda else contextlib.nullcontext()
+    with ctx:
+        _zca_apply_kernel[grid](x2, mean, matrix, out, N, D, scale, PRECISION=precision, **cfg)
+    return out
+
+
+class _ZCAApply(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x2, mean, matrix, scale, precision, config):
+        ctx.save_for_backward(matrix)
+        ctx.scale = scale
+        ctx.x_dtype = x2.dtype
+        return _launch(x2, mean, matrix, scale, precision, config)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        (matrix,) = ctx.saved_tensors
+        gx = None
+        if ctx.needs_input_grad[0]:
+            gx = ((g @ matrix.T) * ctx.scale).to(ctx.x_dtype)
+        return gx, None, None, None, None, None
+
+
+def zca_apply(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    matrix: torch.Tensor,
+    scale: float | None = None,
+    *,
+    input_precision: str = "ieee",
+    config: dict | None = None,
+) -> torch.Tensor:
+    """Whiten images with the fused Triton kernel; the reference's contract.
+
+    Args:
+        x: (N, C, H, W) uint8 or float images (any layout; made contiguous).
+        mean: (D,) mean image, D = C*H*W.
+        matrix: (D, D) whitening matrix (row-vector convention).
+        scale: multiplies ``x`` first; default ``1/255`` for uint8 and ``1`` for float.
+        input_precision: ``"ieee"`` (default), ``"tf32x3"`` or ``"tf32"`` for ``tl.dot``.
+        config: override of the tile sizes (``BLOCK_M``, ``BLOCK_N``, ``BLOCK_K``,
+            ``GROUP_M``, optionally ``num_warps`` / ``num_stages``); for tests and tuning.
+
+    Returns:
+        (N, C, H, W) float32 on ``x``'s device.
+    """
+    if _IMPORT_ERROR is not None:
+        raise RuntimeError(
+            f"the Triton ZCA backend needs the `triton` package, which failed to import "
+            f"({_IMPORT_ERROR}); use backend='torch' or 'native'"
+        )
+    N, D = check_apply_args(x, mean, matrix)
+    if input_precision not in _PRECISIONS:
+        raise ValueError(
+            f"input_precision must be one of {', '.join(_PRECISIONS)}, got {input_precision!r}"
+        )
+    if x.device.type == "cpu" and type(_zca_apply_kernel).__name__ != "InterpretedFunction":
+        raise RuntimeError(
+            "zca.triton.zca_apply: Triton runs on CPU tensors only through its interpreter; "
+            "set TRITON_INTERPRET=1 before triton is imported, or use a CUDA tensor"
+        )
+    if torch.is_grad_enabled() and (mean.requires_grad or matrix.requires_grad):
+        raise NotImplementedError(
+            "zca.triton.zca_apply gives no gradient for mean / matrix; use backend='torch'"
+        )
+    s = default_scale(x, scale)
+    x2 = x.reshape(N, D)
+    if x2.dtype == torch.float64:
+        x2 = x2.to(torch.float32)
+    x2 = x2.contiguous()
+    m = mean.detach().to(device=x.device, dtype=torch.float32).contiguous()
+    w = matrix.detach().to(device=x.device, dtype=torch.float32).contiguous()
+    out = _ZCAApply.apply(x2, m, w, s, input_precision, config)
+    return out.reshape(x.shape)
