@@ -357,6 +357,7 @@ def _unroll(model, start, target, denom, X, Y, lr_, kind, plan, wrt, backend):
 def _checkpoint(model, start, target, denom, X, Y, lr_, kind, plan, wrt, k, store_on, backend):
     N = len(plan)
     bounds = list(range(0, N, k))  # segment starts
+    last = bounds[-1]
     host = store_on == "host"
     pin = host and torch.cuda.is_available()
     stored: list[torch.Tensor] = []
@@ -364,8 +365,9 @@ def _checkpoint(model, start, target, denom, X, Y, lr_, kind, plan, wrt, k, stor
     Xd = X.detach()
     Yd = Y.detach()
     theta = start.detach().requires_grad_(True)
+    # Forward sweep without a graph up to the last segment's start, storing segment starts.
     with torch.enable_grad():
-        for i in range(N):
+        for i in range(last):
             if i % k == 0:
                 if host:
                     buf = torch.empty(theta.shape, dtype=theta.dtype, pin_memory=pin)
@@ -375,25 +377,30 @@ def _checkpoint(model, start, target, denom, X, Y, lr_, kind, plan, wrt, k, stor
             loss = _step_loss(model, theta, Xd, Yd, kind, plan.indices[i], plan.aug[i], backend)
             g = torch.autograd.grad(loss, theta)[0]
             theta = (theta.detach() - lr_d * g).requires_grad_(True)
-    theta_N = theta.detach()
-    diff = theta_N - target
+    stored_bytes = sum(t.numel() * t.element_size() for t in stored) + theta.numel() * (
+        theta.element_size()
+    )
+    # The last segment runs with its graph right away: it needs no recomputation.
+    th0 = theta.detach().requires_grad_(True)
+    with torch.enable_grad():
+        th = _run_steps(model, th0, X, Y, lr_, kind, plan, last, N, backend)
+    diff = th.detach() - target
     loss = diff.pow(2).sum() / denom
     lam = 2.0 * diff / denom  # dL/dtheta_N
     acc = [torch.zeros_like(w) for w in wrt]
     for s in reversed(bounds):
-        e = min(s + k, N)
-        th0 = stored[s // k].to(X.device, non_blocking=True).requires_grad_(True)
-        with torch.enable_grad():
-            th = _run_steps(model, th0, X, Y, lr_, kind, plan, s, e, backend)
-            inputs = list(wrt) + ([th0] if s > 0 else [])
-            grads = torch.autograd.grad(th, inputs, grad_outputs=lam, allow_unused=True)
+        if s != last:  # recompute segment [s, s + k) from its stored start, with its graph
+            th0 = stored[s // k].to(X.device, non_blocking=True).requires_grad_(True)
+            with torch.enable_grad():
+                th = _run_steps(model, th0, X, Y, lr_, kind, plan, s, min(s + k, N), backend)
+        inputs = list(wrt) + ([th0] if s > 0 else [])
+        grads = torch.autograd.grad(th, inputs, grad_outputs=lam, allow_unused=True)
         for j in range(len(wrt)):
             if grads[j] is not None:
                 acc[j] += grads[j]
         if s > 0:
             lam = grads[-1]
         del th, grads
-    stored_bytes = sum(t.numel() * t.element_size() for t in stored)
     return loss, acc, stored_bytes
 
 

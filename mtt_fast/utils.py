@@ -1,0 +1,259 @@
+"""Small shared helpers: atomic file writes, image grids, JSON-lines metrics, RNG states.
+
+Every file the pipeline writes (checkpoints, the synthetic set, reports, store metadata)
+goes through :func:`atomic_save` / :func:`atomic_write_text`: the bytes are written to a
+temporary file in the destination folder, flushed and fsync'ed, then moved over the
+destination with :func:`os.replace`. A reader (or a run killed half way) therefore sees
+either the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "atomic_open",
+    "atomic_save",
+    "atomic_write_text",
+    "atomic_write_json",
+    "image_grid",
+    "save_image_grid",
+    "MetricsWriter",
+    "read_jsonl",
+    "rng_state",
+    "set_rng_state",
+    "to_jsonable",
+]
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on a clean exit move it over ``path``.
+
+    On an exception the temporary file is removed and ``path`` is left untouched.
+
+    Args:
+        path: destination file; its parent folder is created if needed.
+        mode: ``"wb"`` or ``"w"`` (text, UTF-8).
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_open mode must be 'wb' or 'w', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj, path)`` atomically (temp file + ``os.replace``). Returns the path."""
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+    return Path(path)
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically. Returns the path."""
+    with atomic_open(path, "w") as f:
+        f.write(text)
+    return Path(path)
+
+
+def atomic_write_json(obj: Any, path: str | os.PathLike, indent: int | None = 2) -> Path:
+    """Write ``obj`` as JSON atomically; tensors / numpy values / paths are converted."""
+    return atomic_write_text(json.dumps(to_jsonable(obj), indent=indent) + "\n", path)
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Recursively turn tensors, numpy values, paths, tuples and dataclasses into JSON types.
+
+    Non-finite floats become ``None`` (JSON has no NaN / inf).
+    """
+    if hasattr(obj, "__dataclass_fields__") and not isinstance(obj, type):
+        return {k: to_jsonable(getattr(obj, k)) for k in obj.__dataclass_fields__}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if torch.is_tensor(obj):
+        return to_jsonable(obj.detach().cpu().tolist())
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return to_jsonable(obj.item())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return str(obj)
+
+
+def image_grid(
+    images: torch.Tensor, nrow: int | None = None, pad: int = 1, scale: int = 1
+) -> np.ndarray:
+    """Tile images into one uint8 picture.
+
+    Args:
+        images: (N, C, H, W) float in [0, 1] (clamped), C in {1, 3}.
+        nrow: images per row (default: ``ceil(sqrt(N))``).
+        pad: pixels of white between tiles.
+        scale: integer nearest-neighbour upscaling of every tile (small images).
+
+    Returns:
+        (rows, cols, 3) or (rows, cols) uint8 array.
+    """
+    if not torch.is_tensor(images) or images.dim() != 4 or images.shape[1] not in (1, 3):
+        shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+        raise ValueError(f"image_grid expects (N, C, H, W) with C in {{1, 3}}, got {shape}")
+    if images.shape[0] == 0:
+        raise ValueError("image_grid got no images")
+    x = images.detach().float().cpu().clamp(0, 1)
+    x = torch.nan_to_num(x, nan=0.0)
+    if scale > 1:
+        x = x.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+    n, c, h, w = x.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    grid = torch.ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)
+    for i in range(n):
+        r, q = divmod(i, nrow)
+        y0, x0 = pad + r * (h + pad), pad + q * (w + pad)
+        grid[:, y0 : y0 + h, x0 : x0 + w] = x[i]
+    arr = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return arr[..., 0] if c == 1 else arr
+
+
+def save_image_grid(
+    images: torch.Tensor,
+    path: str | os.PathLike,
+    nrow: int | None = None,
+    pad: int = 1,
+    scale: int | None = None,
+) -> Path:
+    """Save ``images`` (N, C, H, W) in [0, 1] as one PNG grid, atomically.
+
+    ``scale`` defaults to an upscaling that makes tiles at least 64 pixels wide.
+    """
+    from PIL import Image
+
+    if scale is None:
+        scale = max(1, math.ceil(64 / images.shape[-1])) if torch.is_tensor(images) else 1
+    arr = image_grid(images, nrow=nrow, pad=pad, scale=scale)
+    with atomic_open(path, "wb") as f:
+        Image.fromarray(arr).save(f, format="PNG")
+    return Path(path)
+
+
+class MetricsWriter:
+    """Append-only JSON-lines log: one dict per line, flushed at every write.
+
+    Args:
+        path: the ``.jsonl`` file (parent folders created).
+        truncate: start a fresh file instead of appending (default False).
+
+    Example::
+
+        with MetricsWriter(out / "metrics.jsonl") as log:
+            log.write({"iteration": 10, "loss": 0.5})
+    """
+
+    def __init__(self, path: str | os.PathLike, truncate: bool = False) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "w" if truncate else "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self._f.write(json.dumps(to_jsonable(record)) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+    def __enter__(self) -> MetricsWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """All records of a JSON-lines file (a torn last line from a killed run is skipped)."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def _np_state_pack(st: tuple) -> dict:
+    # plain types and tensors only, so checkpoints load with torch.load(weights_only=True)
+    name, keys, pos, has_gauss, cached = st
+    return {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }
+
+
+def _np_state_unpack(d: dict) -> tuple:
+    keys = d["keys"].numpy().astype(np.uint32)
+    return (d["name"], keys, d["pos"], d["has_gauss"], d["cached"])
+
+
+def rng_state(generators: dict[str, torch.Generator] | None = None) -> dict:
+    """Snapshot of every RNG that can influence a run: Python, NumPy, torch (CPU and each
+    CUDA device) and the given named ``torch.Generator`` objects."""
+    state = {
+        "python": random.getstate(),
+        "numpy": _np_state_pack(np.random.get_state()),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "generators": {k: g.get_state() for k, g in (generators or {}).items()},
+    }
+    return state
+
+
+def set_rng_state(state: dict, generators: dict[str, torch.Generator] | None = None) -> None:
+    """Restore a :func:`rng_state` snapshot (generators are restored in place by name)."""
+    random.setstate(state["python"])
+    np.random.set_state(_np_state_unpack(state["numpy"]))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("generators", {})
+    for k, g in (generators or {}).items():
+        if k not in saved:
+            raise KeyError(f"checkpoint has no state for generator {k!r}")
+        g.set_state(saved[k])
