@@ -109,7 +109,7 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.1", "numpy", "scikit-learn", "pillow", "tqdm"],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "scipy", "safetensors"],
+        "test": ["pytest", "pytest-benchmark", "scipy", "safetensors", "psutil"],
         "triton": ["triton"],
         "svhn": ["scipy"],
     },
