@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtt_fast import _ext
+from mtt_fast import _ext, backends
 from mtt_fast.augment import DSAConfig, DSAParams, _sample_group, resolve
 from mtt_fast.ops.dsa import native
 from mtt_fast.ops.dsa import reference as ref
@@ -19,7 +19,7 @@ from mtt_fast.ops.dsa import reference as ref
 GROUPS = ("scale", "rotate", "flip", "crop", "cutout", "color")
 BATCHES = (100, 256)
 SIZES = (32, 64)
-IMPLS = ("reference", "native")
+IMPLS = ("reference", "native", "triton")
 
 
 def _ops_for(group: str, B: int, H: int, W: int, device: torch.device):
@@ -43,15 +43,19 @@ def _run(mod, ops, x, up):
 def test_dsa_fwd_bwd(benchmark, bench_device, speedups, timed, group, batch, size, impl):
     if impl == "native" and not _ext.has_kernel("dsa_affine", bench_device.type):
         pytest.skip(f"no native DSA kernels for {bench_device.type}: {_ext.load_error()}")
+    if impl == "triton" and (bench_device.type != "cuda" or not backends.triton_importable()):
+        pytest.skip("Triton is benchmarked on a GPU only (on CPU it is the interpreter)")
     case = f"dsa/{group}/b{batch}/3x{size}x{size}"
     benchmark.group = case
     ops = _ops_for(group, batch, size, size, bench_device)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, 3, size, size, generator=g).to(bench_device).requires_grad_(True)
     up = torch.randn(batch, 3, size, size, generator=g).to(bench_device)
-    mod = native if impl == "native" else ref
+    mod = {"native": native, "reference": ref}.get(impl)
+    if impl == "triton":
+        from mtt_fast.ops.dsa import triton as mod
     y, grad = _run(mod, ops, x, up)
-    if impl == "native":  # correctness before timing
+    if impl != "reference":  # correctness before timing
         y_ref, grad_ref = _run(ref, ops, x, up)
         torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=5e-5)
         torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=5e-5)
