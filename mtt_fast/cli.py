@@ -87,6 +87,8 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dsa-strategy", help="DSA groups joined by _ ('none' disables)")
     g.add_argument("--matching", choices=("unroll", "checkpoint"))
     g.add_argument("--segment", type=_int_or_auto, help="checkpoint segment: N or 'auto'")
+    g.add_argument("--store-on", choices=("device", "host"),
+                   help="where checkpoint mode keeps the per-step parameter vectors")
     g.add_argument("--eval-it", type=int, help="evaluate / checkpoint every N iterations")
     g.add_argument("--num-eval", type=int, help="models per evaluation")
     g.add_argument("--eval-epochs", type=int, help="training epochs per evaluation model")
@@ -215,6 +217,7 @@ def _overrides(a: argparse.Namespace) -> dict:
         "dsa_strategy": a.dsa_strategy,
         "matching": a.matching,
         "segment": a.segment,
+        "store_on": a.store_on,
         "eval_it": a.eval_it,
         "num_eval": a.num_eval,
         "epoch_eval_train": a.eval_epochs,

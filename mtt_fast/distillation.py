@@ -550,6 +550,7 @@ class _Loop:
             generator=self.gen_match,
             mode=cfg.matching,
             segment=cfg.segment,
+            store_on=cfg.store_on,
         )
         self.opt_img.zero_grad(set_to_none=True)
         self.opt_lr.zero_grad(set_to_none=True)

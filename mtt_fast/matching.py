@@ -200,7 +200,8 @@ def step_graph_bytes(model, theta, X, Y, label_kind, plan_step=(None, None), bac
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = _step_loss(model, th, X, Y, label_kind, plan_step[0], plan_step[1], backend)
         g = torch.autograd.grad(loss, th, create_graph=True)[0]
-        (g * g.detach()).sum()  # the VJP graph's own saved tensors are of this order
+        # a vector-Jacobian product through g saves tensors of g's size: count one
+        (g * g.detach()).sum()
     return total
 
 
@@ -209,8 +210,9 @@ _AUTO_CACHE: dict = {}
 
 def _auto_segment(model, theta, X, Y, label_kind, plan, budget, backend) -> int:
     N = len(plan)
-    key = (id(model), tuple(X.shape), X.dtype, X.device, N, tuple(
-        0 if i is None else len(i) for i in plan.indices[:1]), budget)
+    first = plan.indices[0]
+    key = (id(model), theta.numel(), tuple(X.shape), X.dtype, X.device, N,
+           0 if first is None else len(first), budget)
     if key in _AUTO_CACHE:
         return _AUTO_CACHE[key]
     if budget is None:

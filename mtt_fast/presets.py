@@ -62,6 +62,8 @@ class DistillConfig:
         init: ``"real"`` (random real images of each class) or ``"noise"`` (N(0, 1)).
         matching: ``"checkpoint"`` (memory-efficient exact gradient) or ``"unroll"``.
         segment: steps recomputed together in checkpoint mode (int >= 1 or ``"auto"``).
+        store_on: where checkpoint mode keeps the per-step flat parameter vectors:
+            ``"device"`` or ``"host"`` (pinned host memory; for large models).
         eval_it: evaluate (and checkpoint) every ``eval_it`` iterations; 0 = only at the end.
         checkpoint_it: checkpoint interval if different from ``eval_it`` (``None`` = same).
         num_eval: models trained per evaluation (0 disables evaluation).
@@ -92,6 +94,7 @@ class DistillConfig:
     init: str = "real"
     matching: str = "checkpoint"
     segment: int | str = 1
+    store_on: str = "device"
     eval_it: int = 500
     checkpoint_it: int | None = None
     num_eval: int = 5
@@ -156,6 +159,8 @@ class DistillConfig:
             raise bad("matching", f"one of {MATCHING_MODES}")
         if not (self.segment == "auto" or (is_int(self.segment) and self.segment >= 1)):
             raise bad("segment", "an int >= 1 or 'auto'")
+        if self.store_on not in ("device", "host"):
+            raise bad("store_on", "'device' or 'host'")
         if not isinstance(self.dsa_strategy, str):
             raise bad("dsa_strategy", "a string")
         try:

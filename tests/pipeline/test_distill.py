@@ -231,3 +231,16 @@ def test_image_grid_png(tmp_path):
     save_image_grid(torch.rand(6, 3, 5, 7), tmp_path / "g.png", nrow=3, scale=2)
     im = Image.open(tmp_path / "g.png")
     assert im.size == (3 * (14 + 1) + 1, 2 * (10 + 1) + 1) and im.mode == "RGB"
+
+
+def test_matching_modes_and_host_storage_give_the_same_run(store, digits):
+    """unroll, checkpoint (segments 1 and 2) and host-stored vectors: same images."""
+    runs = [
+        distill(store=store, data=digits, **_kw(iterations=3, matching=m, segment=s, store_on=o))
+        for m, s, o in [("unroll", 1, "device"), ("checkpoint", 1, "device"),
+                        ("checkpoint", 2, "host")]
+    ]
+    for r in runs[1:]:
+        torch.testing.assert_close(r.images, runs[0].images, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="store_on"):
+        preset("digits", 1, store_on="disk")
