@@ -62,9 +62,12 @@ def _add_data(p: argparse.ArgumentParser, default_dataset: str | None = "digits"
     g.add_argument("--seed", type=int, default=None, help="seed of every generator (default 0)")
 
 
-def _add_config(p: argparse.ArgumentParser) -> None:
+def _add_config(p: argparse.ArgumentParser, ipc_list: bool = False) -> None:
     g = p.add_argument_group("distillation settings (default: the preset for dataset and ipc)")
-    g.add_argument("--ipc", type=int, default=1, help="images per class (default 1)")
+    if ipc_list:
+        g.add_argument("--ipc", default="1,10", help="images per class, e.g. 1,10,50 (default 1,10)")
+    else:
+        g.add_argument("--ipc", type=int, default=1, help="images per class (default 1)")
     g.add_argument(
         "--preset",
         action=argparse.BooleanOptionalAction,
@@ -77,7 +80,7 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-start-epoch", type=int)
     g.add_argument("--lr-img", type=float)
     g.add_argument("--lr-lr", type=float)
-    g.add_argument("--lr-teacher", type=float, help="initial student lr (and expert lr)")
+    g.add_argument("--lr-teacher", type=float, help="initial learnable student lr (not the experts')")
     g.add_argument("--batch-syn", type=_int_or_all, help="int or 'all'")
     g.add_argument("--zca", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--model", help="architecture (default: preset's / the store's)")
@@ -100,7 +103,7 @@ def _add_experts(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-experts", type=int)
     g.add_argument("--expert-epochs-train", type=int, help="epochs per expert")
     g.add_argument("--expert-batch", type=int, help="experts' mini-batch")
-    g.add_argument("--expert-lr", type=float, help="experts' lr (default: lr_teacher)")
+    g.add_argument("--expert-lr", type=float, help="experts' SGD lr (default 0.01, as buffer.py)")
 
 
 def _int_or_all(s: str) -> int | str:
@@ -174,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-eval", type=int, default=5)
     p.add_argument("--eval-epochs", type=int, default=1000)
     p.add_argument("--baselines", default="", help="also evaluate e.g. random,herding")
-    p.add_argument("--baseline-lr", type=float, default=None)
+    p.add_argument("--baseline-lr", type=float, default=None,
+                   help="lr of the real-subset baselines (default 0.01, the DC/MTT protocol)")
     p.add_argument("--data-path", "--root", dest="root", default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
@@ -194,7 +198,23 @@ def build_parser() -> argparse.ArgumentParser:
         default="random,herding",
         help="real subsets to compare (default %(default)s)",
     )
-    p.add_argument("--baseline-lr", type=float, default=None, help="default: lr_teacher")
+    p.add_argument("--baseline-lr", type=float, default=None,
+                   help="lr of the real-subset baselines (default 0.01, the DC/MTT protocol)")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser(
+        "reproduce",
+        help="the paper's protocol over datasets x IPC: a paper-style table (resumable)",
+        description="Run experts (shared across IPCs), distillation and the evaluation of MTT, "
+        "random and herding for every (dataset, ipc) cell; write OUT/table.md and "
+        "OUT/table.json with the published numbers beside. Re-running resumes cell by cell.",
+    )
+    _add_data(p, default_dataset="mnist")
+    _add_config(p, ipc_list=True)
+    _add_experts(p)
+    p.add_argument("--out", default="runs/reproduce", help="output folder (default %(default)s)")
+    p.add_argument("--no-record-argv", dest="record_argv", action="store_false",
+                   help="do not record the command line in table.json")
     p.add_argument("--no-progress", action="store_true")
     return ap
 
@@ -304,7 +324,7 @@ def _train_store(cfg, data, out: Path, device, progress: bool):
         dataset=cfg.dataset,
         model=cfg.model,
         num_experts=cfg.num_experts,
-        epochs=max(cfg.buffer_epochs, cfg.min_epochs),
+        epochs=cfg.buffer_epochs,
         lr=cfg.expert_lr,
         batch_size=cfg.buffer_batch,
         dsa=cfg.dsa is not None,
@@ -429,10 +449,17 @@ def _cmd_distill(a: argparse.Namespace) -> int:
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
-    from mtt_fast.evaluation import evaluate, evaluate_baselines, load_synthetic
+    from mtt_fast.evaluation import (
+        BASELINE_LR,
+        evaluate,
+        evaluate_baselines,
+        load_synthetic,
+        set_dsa_strategy,
+    )
     from mtt_fast.utils import atomic_write_json
 
     syn = load_synthetic(a.synthetic)
+    dsa = set_dsa_strategy(syn)
     if not syn.get("dataset"):
         raise _Fail(f"{a.synthetic} does not record its dataset")
     model = syn.get("model") or "ConvNet"
@@ -448,6 +475,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
         models,
         a.num_eval,
         a.eval_epochs,
+        dsa_strategy=dsa,
         seed=a.seed,
         device=a.device,
         progress=not a.no_progress,
@@ -455,7 +483,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     )
     if kinds:
         ipc = int(syn.get("ipc") or syn["images"].shape[0] // data.num_classes)
-        base_lr = a.baseline_lr or (syn.get("config") or {}).get("lr_teacher") or 0.01
+        base_lr = a.baseline_lr or BASELINE_LR
         rep.results.update(
             evaluate_baselines(
                 data,
@@ -465,6 +493,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
                 models=models,
                 num_eval=a.num_eval,
                 epochs=a.eval_epochs,
+                dsa_strategy=dsa,
                 seed=a.seed,
                 device=a.device,
                 progress=not a.no_progress,
@@ -478,151 +507,47 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 
 
 def run_pipeline(a: argparse.Namespace) -> dict:
-    """``mtt-fast run``: experts (or ``--store``), distillation, final evaluation of the
-    distilled set against real subsets; writes and returns ``OUT/report.json``'s dict."""
-    from mtt_fast.distillation import GRID, distill
-    from mtt_fast.evaluation import evaluate, evaluate_baselines
-    from mtt_fast.store import TrajectoryStore
-    from mtt_fast.utils import atomic_write_json
+    """``mtt-fast run``: :func:`mtt_fast.pipeline.run` with the command line's settings."""
+    from mtt_fast.evaluation import BASELINE_LR
+    from mtt_fast.pipeline import run
 
-    t0 = time.perf_counter()
     cfg = _config(a, a.dataset)
-    out = Path(a.out or f"runs/{cfg.dataset}-ipc{cfg.ipc}")
-    progress = not a.no_progress
-    models = _models_arg(a.models, (cfg.model,))
-    kinds = _kinds_arg(a.baselines) if a.baselines else ()
-    device = torch.device(a.device)
-    timings: dict[str, float] = {}
-
-    t = time.perf_counter()
-    data = _prepare(cfg.dataset, a.root, cfg.zca, device)
-    timings["data_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    if a.store:
-        store = TrajectoryStore.open(a.store)
-    else:
-        _print(f"[1/3] training {cfg.num_experts} experts -> {out / 'buffers'}")
-        store = _train_store(cfg, data, out / "buffers", device, progress)
-    timings["experts_s"] = time.perf_counter() - t
-
-    _print(f"[2/3] distilling {cfg.dataset} at ipc {cfg.ipc} ({cfg.iterations} iterations)")
-    t = time.perf_counter()
-    res = distill(
-        dataset=cfg.dataset,
-        store=store,
-        ipc=cfg.ipc,
-        preset=cfg,
-        out=out,
+    return run(
+        out=a.out,
+        root=a.root,
+        store=a.store,
+        device=a.device,
         resume=a.resume,
-        device=device,
-        progress=progress,
-        data=data,
-        model=a.model,
+        models=_models_arg(a.models, (cfg.model,)),
+        baselines=_kinds_arg(a.baselines) if a.baselines else (),
+        baseline_lr=a.baseline_lr or BASELINE_LR,
+        progress=not a.no_progress,
+        config=cfg,
+        log=_print,
     )
-    timings["distill_s"] = time.perf_counter() - t
-    cfg = res.config
 
-    _print(f"[3/3] evaluating mtt vs {', '.join(kinds) or 'nothing'} on {', '.join(models)}")
-    t = time.perf_counter()
-    mk = _model_kwargs_for(models, cfg.model, cfg.model_kwargs)
-    num_eval = max(1, cfg.num_eval)
-    rep = evaluate(
-        res.images,
-        res.labels,
-        res.lr,
-        data,
-        models,
-        num_eval,
-        cfg.epoch_eval_train,
-        dsa_strategy=cfg.dsa,
-        seed=cfg.seed,
-        device=device,
-        progress=progress,
-        model_kwargs=mk,
+
+def _cmd_reproduce(a: argparse.Namespace) -> int:
+    from mtt_fast.pipeline import reproduce
+
+    overrides = {k: v for k, v in _overrides(a).items() if v is not None}
+    if a.batch_syn == "all":
+        overrides["batch_syn"] = None
+    mk = {n: v for n, v in (("width", a.width), ("depth", a.depth)) if v is not None}
+    if mk:
+        overrides["model_kwargs"] = mk
+    reproduce(
+        datasets=a.dataset,
+        ipcs=a.ipc,
+        out=a.out,
+        root=a.root,
+        device=a.device,
+        progress=not a.no_progress,
+        log=_print,
+        command="mtt-fast " + " ".join(sys.argv[1:]) if a.record_argv else None,
+        **overrides,
     )
-    results = dict(rep.results)
-    base_lr = a.baseline_lr or cfg.lr_teacher
-    if kinds:
-        results.update(
-            evaluate_baselines(
-                data,
-                cfg.ipc,
-                lr=base_lr,
-                kinds=kinds,
-                models=models,
-                num_eval=num_eval,
-                epochs=cfg.epoch_eval_train,
-                dsa_strategy=cfg.dsa,
-                seed=cfg.seed,
-                device=device,
-                progress=progress,
-                herding_model=None,
-                model_kwargs=mk,
-            )
-        )
-    timings["eval_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - t0
-
-    head = models[0]
-    accuracy = {
-        src: {"mean": per[head]["mean"], "std": per[head]["std"], "runs": per[head]["runs"]}
-        for src, per in results.items()
-    }
-    per_model = {
-        m: {
-            src: {"mean": per[m]["mean"], "std": per[m]["std"], "runs": per[m]["runs"]}
-            for src, per in results.items()
-        }
-        for m in models
-    }
-    best = None
-    if res.best is not None:
-        best = dict(res.best)
-        best["note"] = (
-            "best test accuracy seen at the periodic evaluations during distillation; "
-            "selected on the test set, so it is optimistic: the headline is accuracy.mtt "
-            "(the final synthetic set)"
-        )
-    report = {
-        "dataset": cfg.dataset,
-        "ipc": cfg.ipc,
-        "model": cfg.model,
-        "model_kwargs": cfg.model_kwargs,
-        "accuracy": accuracy,
-        "per_model": per_model,
-        "best_during_distillation": best,
-        "learned_lr": res.lr,
-        "protocol": {
-            "models": list(models),
-            "num_eval": num_eval,
-            "epochs": cfg.epoch_eval_train,
-            "dsa_strategy": cfg.dsa,
-            "batch_size": 256,
-            "optimizer": "SGD momentum 0.9, weight decay 5e-4, lr x0.1 at half",
-            "lr": {"mtt": res.lr, **{k: base_lr for k in kinds}},
-            "seed": cfg.seed,
-        },
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-        "iterations": res.iteration,
-        "store": str(store.path),
-        "num_experts": store.num_experts,
-        "expert_epochs_stored": store.epochs,
-        "grid": str(out / GRID),
-        "synthetic": str(out / "synthetic.pt"),
-        "config": cfg.to_dict(),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "versions": _versions(),
-    }
-    atomic_write_json(report, out / "report.json")
-    _print(f"{'set':<10s} {head}")
-    for src, r in accuracy.items():
-        _print(f"{src:<10s} {_fmt(r)}")
-    if best is not None:
-        _print(f"(best seen during distillation: {_fmt(best)} at iteration {best['iteration']})")
-    _print(f"wrote {out / 'report.json'} in {timings['total_s']:.1f} s")
-    return report
+    return 0
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
@@ -637,6 +562,7 @@ _COMMANDS = {
     "distill": _cmd_distill,
     "eval": _cmd_eval,
     "run": _cmd_run,
+    "reproduce": _cmd_reproduce,
 }
 
 

@@ -22,9 +22,18 @@ import torch
 from mtt_fast.augment import DEFAULT_STRATEGY
 from mtt_fast.training import check_labels, train_and_test
 
-__all__ = ["EvalReport", "evaluate", "coreset", "evaluate_baselines", "load_synthetic"]
+__all__ = [
+    "EvalReport",
+    "evaluate",
+    "coreset",
+    "evaluate_baselines",
+    "load_synthetic",
+    "set_dsa_strategy",
+    "BASELINE_LR",
+]
 
 CORESET_KINDS = ("random", "herding")
+BASELINE_LR = 0.01  # real-image coresets are trained at 0.01 (the DC / MTT protocol)
 
 
 @dataclass
@@ -101,6 +110,16 @@ def load_synthetic(path: str | os.PathLike) -> dict[str, Any]:
     if missing:
         raise ValueError(f"synthetic set {path} lacks key(s) {missing}; has {sorted(obj)}")
     return dict(obj)
+
+
+def set_dsa_strategy(saved: Mapping) -> str | None:
+    """The DSA strategy a saved synthetic set was distilled with (``None``: no DSA); all six
+    groups when the file does not record it."""
+    from mtt_fast.augment import parse_strategy
+
+    cfg = saved.get("config") or {}
+    strategy = cfg.get("dsa_strategy", DEFAULT_STRATEGY)
+    return strategy if strategy and parse_strategy(strategy) else None
 
 
 def _check_set(images: torch.Tensor, labels: torch.Tensor, data: Any) -> None:
@@ -189,16 +208,19 @@ def _run_models(
     return out
 
 
+_FROM_SET = "from-set"  # default of evaluate's dsa_strategy: the set's own, else all groups
+
+
 def evaluate(
     images: torch.Tensor | str | os.PathLike,
     labels: torch.Tensor | None = None,
     lr: float | torch.Tensor | None = None,
     data: Any = None,
-    models: Sequence[str] | str = ("ConvNet",),
+    models: Sequence[str] | str | None = None,
     num_eval: int = 5,
     epochs: int = 1000,
     batch_size: int = 256,
-    dsa_strategy: str | None = DEFAULT_STRATEGY,
+    dsa_strategy: str | None = _FROM_SET,
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = False,
@@ -216,17 +238,23 @@ def evaluate(
         lr: training lr (the learned one), float or 0-dim tensor.
         data: :class:`mtt_fast.data.Prepared` whose test split is used. With a file that
             records ``dataset`` (and ``zca``), ``None`` prepares it from ``root``.
-        models: architecture names (``mtt_fast.models.MODEL_NAMES``).
+        models: architecture names (``mtt_fast.models.MODEL_NAMES``). Default: the
+            architecture stored with the set (its name and ``model_kwargs``, e.g. the
+            width-32 ConvNet a set was distilled with) when ``images`` is a file, else
+            ``("ConvNet",)``.
         num_eval: fresh models per architecture (model ``r`` seeded with ``seed + r``).
         epochs: training epochs per model (1000 in the paper; 300 for the original's
             periodic evaluation).
         batch_size: mini-batch size (256).
-        dsa_strategy: DSA groups (default all); ``None`` trains without augmentation.
+        dsa_strategy: DSA groups; ``None`` trains without augmentation. Default: the
+            set's own setting when ``images`` is a file that records one, else all six
+            groups (the paper).
         seed: base seed.
         device: where the models train.
         progress: show a tqdm bar.
         model_kwargs: ``get_model`` overrides, for all models (``{"width": 64}``) or per
-            model (``{"ConvNet": {"width": 64}}``).
+            model (``{"ConvNet": {"width": 64}}``). Default with a file: the stored
+            ``model_kwargs`` for the stored architecture.
         source: the name of this set in the report (default ``"mtt"``).
         root: data folder used when ``data`` must be prepared from the file's ``dataset``.
 
@@ -247,6 +275,12 @@ def evaluate(
             from mtt_fast.data import prepare
 
             data = prepare(saved["dataset"], root=root, zca=bool(saved.get("zca")), device=device)
+    if models is None:
+        models = (saved.get("model") or "ConvNet",)
+        if model_kwargs is None and saved.get("model_kwargs"):
+            model_kwargs = {models[0]: dict(saved["model_kwargs"])}
+    if dsa_strategy == _FROM_SET:
+        dsa_strategy = set_dsa_strategy(saved)
     if data is None:
         raise ValueError("evaluate needs data= (a mtt_fast.data.Prepared) for its test split")
     if labels is None:
@@ -396,7 +430,7 @@ def coreset(
 def evaluate_baselines(
     data: Any,
     ipc: int,
-    lr: float = 0.01,
+    lr: float = BASELINE_LR,
     kinds: Sequence[str] = CORESET_KINDS,
     models: Sequence[str] | str = ("ConvNet",),
     num_eval: int = 5,
@@ -414,7 +448,8 @@ def evaluate_baselines(
     Args:
         data: :class:`mtt_fast.data.Prepared`.
         ipc: images per class.
-        lr: training lr for the real images (the original uses 0.01).
+        lr: training lr for the real images (0.01, the DC / MTT protocol; not the
+            distillation's ``lr_teacher`` nor a learned lr).
         kinds: coreset kinds (``"random"``, ``"herding"``).
         herding_model: feature space for herding (see :func:`coreset`).
         models, num_eval, epochs, batch_size, dsa_strategy, seed, device, progress,

@@ -87,8 +87,9 @@ def train_experts(
         dsa: augment every real batch with DSA (mode ``'S'``).
         dsa_strategy: DSA groups.
         zca: ZCA-whiten the data (ignored when ``data`` is given: its ``zca_flag`` counts).
-        lr_decay: multiply the lr by 0.1 after half of the epochs (the original's
-            ``--decay``; the SGD state is rebuilt).
+        lr_decay: multiply the lr by 0.1 after epoch ``epochs // 2 + 1`` (0-based), i.e.
+            once ``epochs // 2 + 2`` epochs are done, as the original's ``--decay``
+            (``lr_schedule = [train_epochs // 2 + 1]``); the SGD state is rebuilt.
         out: store folder; ``out/log.jsonl`` gets one JSON line per epoch.
         device: where the data and the model live.
         seed: base seed.
@@ -212,7 +213,7 @@ def train_experts(
                             expert=i, train=f"{acc:.3f}", test=f"{test_acc:.3f}", refresh=False
                         )
                         bar.update(1)
-                    if lr_decay and e + 1 == epochs // 2:
+                    if lr_decay and e == epochs // 2 + 1:  # buffer.py's lr_schedule
                         cur_lr *= 0.1
                         opt = make_opt(cur_lr)
                 store.add_expert(snaps.cpu())

@@ -36,6 +36,7 @@ from mtt_fast.augment import DEFAULT_STRATEGY, parse_strategy
 __all__ = ["DistillConfig", "preset", "PRESETS", "canonical_dataset", "known_presets"]
 
 MATCHING_MODES = ("unroll", "checkpoint")
+EXPERT_LR = 0.01  # buffer.py's --lr_teacher default: every expert, every dataset
 INITS = ("real", "noise")
 
 
@@ -55,7 +56,8 @@ class DistillConfig:
         max_start_epoch: start epochs are drawn uniformly from ``[0, max_start_epoch)``.
         lr_img: SGD (momentum 0.5) learning rate of the pixels.
         lr_lr: SGD (momentum 0.5) learning rate of the learnable student lr.
-        lr_teacher: initial student lr (and the experts' SGD lr).
+        lr_teacher: initial value of the learnable student lr (the original's
+            ``--lr_teacher`` of distill.py). It does not change the experts.
         batch_syn: synthetic mini-batch per student step; ``None`` = the whole set.
         zca: ZCA-whiten the data (kornia ``eps=0.1``) instead of mean/std normalisation.
         dsa_strategy: DSA groups joined by ``_``; ``"none"`` disables augmentation.
@@ -73,7 +75,9 @@ class DistillConfig:
         num_experts: experts to train when a run also trains its buffers.
         buffer_epochs: epochs per expert when a run trains its buffers.
         buffer_batch: the experts' real mini-batch (the paper: 256).
-        buffer_lr: the experts' SGD lr (``None`` = ``lr_teacher``, as the paper).
+        buffer_lr: the experts' SGD lr (the original buffer.py's ``--lr_teacher``, 0.01
+            for every dataset whatever IPC the experts later serve; a store does not
+            depend on the IPC).
         seed: seed of every generator of the run.
     """
 
@@ -104,7 +108,7 @@ class DistillConfig:
     num_experts: int = 100
     buffer_epochs: int = 50
     buffer_batch: int = 256
-    buffer_lr: float | None = None
+    buffer_lr: float = EXPERT_LR
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -138,13 +142,13 @@ class DistillConfig:
                 raise bad(name, "a positive finite number")
             if not math.isfinite(v) or v <= 0:
                 raise bad(name, "a positive finite number")
-        if self.buffer_lr is not None and (
+        if (
             isinstance(self.buffer_lr, bool)
             or not isinstance(self.buffer_lr, (int, float))
             or not math.isfinite(self.buffer_lr)
             or self.buffer_lr <= 0
         ):
-            raise bad("buffer_lr", "None or a positive finite number")
+            raise bad("buffer_lr", "a positive finite number")
         if self.batch_syn is not None and (not is_int(self.batch_syn) or self.batch_syn < 1):
             raise bad("batch_syn", "None (the whole set) or an int >= 1")
         if self.checkpoint_it is not None and (
@@ -179,8 +183,8 @@ class DistillConfig:
 
     @property
     def expert_lr(self) -> float:
-        """The experts' SGD lr."""
-        return self.buffer_lr if self.buffer_lr is not None else self.lr_teacher
+        """The experts' SGD lr (``buffer_lr``; independent of ``lr_teacher``)."""
+        return self.buffer_lr
 
     @property
     def checkpoint_every(self) -> int:
@@ -271,15 +275,16 @@ PRESETS: dict[tuple[str, int], dict] = {
                       model_kwargs={"width": 32}),
     # scikit-learn digits (ours): 8x8 grey, ~1.4k train images. A narrow depth-2 ConvNet:
     # at depth 3 the last instance norm sees 2x2 maps and the matching gradients are
-    # erratic (spikes of 1e4x); experts use batch 32 so 10 epochs are enough.
+    # erratic (spikes of 1e4x); experts use batch 32 and their own lr 0.02 (set
+    # explicitly: ours, not the paper's 0.01) so 10 epochs are enough.
     ("digits", 1): _P(model_kwargs={"width": 32, "depth": 2}, syn_steps=20, expert_epochs=2,
                       max_start_epoch=6, lr_img=100.0, lr_lr=1e-5, lr_teacher=0.02,
                       iterations=300, eval_it=100, num_experts=5, buffer_epochs=10,
-                      buffer_batch=32, epoch_eval_train=300, num_eval=5),
+                      buffer_batch=32, buffer_lr=0.02, epoch_eval_train=300, num_eval=5),
     ("digits", 10): _P(model_kwargs={"width": 32, "depth": 2}, syn_steps=20, expert_epochs=2,
                        max_start_epoch=6, lr_img=100.0, lr_lr=1e-5, lr_teacher=0.02,
                        iterations=300, eval_it=100, num_experts=5, buffer_epochs=10,
-                       buffer_batch=32, epoch_eval_train=300, num_eval=5),
+                       buffer_batch=32, buffer_lr=0.02, epoch_eval_train=300, num_eval=5),
 }  # fmt: skip
 
 _ALIASES = {

@@ -163,10 +163,9 @@ def train_and_test(
 ) -> dict:
     """Train ``net`` on a (synthetic or coreset) set and test it: the paper's protocol.
 
-    SGD (momentum 0.9, weight decay 5e-4) with DSA on every batch; after ``epochs // 2``
-    epochs the lr is multiplied by 0.1 and the optimizer is rebuilt, as the original
-    ``evaluate_synset`` does (which trains ``epochs + 1`` passes and decays after pass
-    ``epochs // 2 + 1``; here exactly ``epochs`` passes).
+    SGD (momentum 0.9, weight decay 5e-4) with DSA on every batch, exactly as the
+    original ``evaluate_synset``: ``epochs + 1`` passes over the set, and after pass
+    ``epochs // 2 + 1`` (0-based) the lr is multiplied by 0.1 and the optimizer rebuilt.
 
     Args:
         net: a freshly initialised model; moved to the device of ``train_images``.
@@ -175,11 +174,11 @@ def train_and_test(
         test_images: (M, C, H, W) float.
         test_labels: (M,) int64.
         lr: learning rate, a float or a 0-dim tensor (read once with ``float``).
-        epochs: training epochs (>= 1).
+        epochs: the original's ``epoch_eval_train`` (>= 1); ``epochs + 1`` passes run.
         batch_size: mini-batch size (default 256).
         momentum, weight_decay: SGD settings (defaults 0.9, 5e-4).
         dsa_strategy: DSA groups (default all six); ``None`` disables augmentation.
-        decay_at_half: multiply the lr by 0.1 at half of the epochs.
+        decay_at_half: multiply the lr by 0.1 after pass ``epochs // 2 + 1``.
         generator: source of shuffles and DSA draws.
 
     Returns:
@@ -207,11 +206,11 @@ def train_and_test(
     lr0 = lr
     opt = make_opt(lr)
     loss = acc = 0.0
-    for ep in range(int(epochs)):
+    for ep in range(int(epochs) + 1):  # evaluate_synset: range(Epoch + 1)
         loss, acc = train_epoch(
             net, train_images, train_labels, opt, batch_size, dsa_strategy, generator
         )
-        if decay_at_half and ep + 1 == int(epochs) // 2:
+        if decay_at_half and ep == int(epochs) // 2 + 1:  # lr_schedule = [Epoch // 2 + 1]
             lr *= 0.1
             opt = make_opt(lr)
     test_acc = evaluate_accuracy(net, test_images, test_labels)

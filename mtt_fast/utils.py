@@ -30,6 +30,7 @@ __all__ = [
     "image_grid",
     "save_image_grid",
     "MetricsWriter",
+    "read_json",
     "read_jsonl",
     "rng_state",
     "set_rng_state",
@@ -198,6 +199,15 @@ class MetricsWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's content; a file that is not JSON raises ``ValueError`` naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not a JSON file ({e})") from None
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

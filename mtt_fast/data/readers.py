@@ -407,7 +407,9 @@ def read_tiny_imagenet(root: str | Path, split: str = "train") -> Arrays:
 
     Train images: ``train/<wnid>/images/*.JPEG``; test = the labelled validation set:
     ``val/images/*`` labelled by ``val/val_annotations.txt`` (tab-separated: file, wnid, ...).
-    Classes are the wnids in the order of ``wnids.txt``.
+    Classes are the wnids of ``wnids.txt`` in sorted order, as torchvision's ``ImageFolder``
+    (which the original MTT code uses) numbers them; the official ``wnids.txt`` is not
+    sorted, so its own order would not line up with imported original buffers.
 
     Returns:
         ``images (N, 3, 64, 64)`` uint8 (grayscale files converted to RGB), ``labels (N,)``
@@ -415,7 +417,7 @@ def read_tiny_imagenet(root: str | Path, split: str = "train") -> Arrays:
     """
     base = _need_dir(Path(root) / "tiny-imagenet-200", "Tiny ImageNet")
     wnid_path = _need_file(base / "wnids.txt", "Tiny ImageNet class list")
-    wnids = [w.strip() for w in wnid_path.read_text().splitlines() if w.strip()]
+    wnids = sorted({w.strip() for w in wnid_path.read_text().splitlines() if w.strip()})
     if not wnids:
         raise ValueError(f"{wnid_path}: no class ids in this file")
     index = {w: i for i, w in enumerate(wnids)}

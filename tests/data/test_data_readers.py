@@ -177,7 +177,7 @@ def test_cifar100_roundtrip(tmp_path):
     ds = load_dataset("cifar100", root=tmp_path)
     assert np.array_equal(ds.images.numpy().reshape(6, -1), x) and ds.labels.tolist() == y
     assert ds.classes == [f"class{i}" for i in range(100)]
-    assert (ds.mean, ds.std) == MEAN_STD["cifar100"]
+    assert (ds.mean, ds.std) == MEAN_STD["cifar100"] == MEAN_STD["cifar10"]  # as the original
     te = load_dataset("cifar100", root=tmp_path, split="test")
     assert np.array_equal(te.images.numpy().reshape(2, -1), xt) and te.labels.tolist() == yt
     _pickle(base / "test", {b"data": xt, b"labels": yt})
@@ -218,7 +218,7 @@ def _decoded(path: Path, mode: str = "RGB") -> np.ndarray:
 
 def test_tiny_imagenet_roundtrip(tmp_path):
     base = tmp_path / "tiny-imagenet-200"
-    wnids = ["n02", "n01"]  # file order, not sorted order, defines the labels
+    wnids = ["n02", "n01"]  # file order; labels follow sorted order (ImageFolder's, the original's)
     (base).mkdir()
     (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
     train_files = []
@@ -239,13 +239,14 @@ def test_tiny_imagenet_roundtrip(tmp_path):
     (base / "val" / "val_annotations.txt").write_text("\n".join(ann) + "\n")
 
     ds = load_dataset("tiny", root=tmp_path)
-    assert ds.classes == wnids and ds.labels.tolist() == [0, 0, 1, 1]
+    assert ds.classes == ["n01", "n02"] and ds.labels.tolist() == [0, 0, 1, 1]
     assert ds.images.shape == (4, 3, 16, 16)
+    train_files = train_files[2:] + train_files[:2]  # class n01 (label 0) first
     for n, p in enumerate(train_files):
         assert np.array_equal(ds.images[n].numpy(), _decoded(p))
     assert (ds.mean, ds.std) == MEAN_STD["tinyimagenet"]
     val = load_dataset("tinyimagenet", root=tmp_path, split="val")
-    assert val.labels.tolist() == [1, 0, 1]
+    assert val.labels.tolist() == [0, 1, 0]
     assert np.array_equal(val.images[2].numpy(), _decoded(base / "val" / "images" / "val_2.JPEG"))
 
     (base / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn99\n")
