@@ -22,6 +22,8 @@ _LAZY = {
     "DistillResult": ("mtt_fast.distillation", "DistillResult"),
     "evaluate": ("mtt_fast.evaluation", "evaluate"),
     "EvalReport": ("mtt_fast.evaluation", "EvalReport"),
+    "run": ("mtt_fast.pipeline", "run"),
+    "reproduce": ("mtt_fast.pipeline", "reproduce"),
 }
 
 
