@@ -1,9 +1,14 @@
-"""The ``mtt-fast`` command: ``info | buffer | import-buffers | distill | eval | run``.
+"""The ``mtt-fast`` command: ``info | buffer | import-buffers | distill | eval | run | reproduce``.
+
+A thin layer over the library: each subcommand's settings are generated from the sections
+of :class:`mtt_fast.config.Config` it uses (``buffer``: experts; ``distill``: distillation
+and its periodic evaluation; ``run`` / ``reproduce``: all), so it shows and takes only its
+own. A setting given on the command line is *explicit*: it is never silently replaced by a
+store's or checkpoint's value (the run stops, naming both).
 
 ``mtt-fast run`` with no arguments distils scikit-learn's digits (offline) at 1 image per
-class end to end: a few experts, a few hundred iterations, and the evaluation of the
-distilled set against random and herding real subsets under the same protocol, written to
-``runs/digits-ipc1/report.json``.
+class end to end, with the evaluation of the distilled set against random and herding real
+subsets, written to ``runs/digits-ipc1/report.json``.
 
 Bad input (a missing store, an unknown dataset, a bad value) prints one line
 ``mtt-fast: error: ...`` to stderr and exits with status 2; a diverged distillation exits
@@ -15,7 +20,6 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +27,10 @@ import torch
 
 from mtt_fast._version import __version__
 
-__all__ = ["main", "build_parser", "run_pipeline"]
+__all__ = ["main", "build_parser", "run_pipeline", "config_from_args"]
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
-
-# (channels, num_classes, im_size) of the named datasets, for import-buffers
-_SHAPES = {
-    "mnist": (1, 10, 28),
-    "fashionmnist": (1, 10, 28),
-    "cifar10": (3, 10, 32),
-    "cifar10-subset": (3, 10, 32),
-    "cifar100": (3, 100, 32),
-    "svhn": (3, 10, 32),
-    "tinyimagenet": (3, 200, 64),
-    "digits": (1, 10, 8),
-}
 
 
 class _Fail(Exception):
@@ -52,83 +44,74 @@ def _print(*a: Any) -> None:
 # ---------------------------------------------------------------------------- options
 
 
-def _add_data(p: argparse.ArgumentParser, default_dataset: str | None = "digits") -> None:
-    g = p.add_argument_group("data")
+def _int_or(word: str):
+    def parse(s: str) -> int | str:
+        if s.lower() == word or (word == "all" and s.lower() == "none"):
+            return word
+        try:
+            return int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int or {word!r}, got {s!r}") from None
+
+    return parse
+
+
+def _add_section(p: argparse.ArgumentParser, section: str, title: str, skip=()) -> None:
+    """Options for the settings of one configuration section; every default is None so
+    the settings given explicitly are known (the preset fills the rest)."""
+    from mtt_fast.config import field_specs
+
+    g = p.add_argument_group(title)
+    for name, default, meta in field_specs(section):
+        if name in skip:
+            continue
+        flag = meta.get("flag") or "--" + name.replace("_", "-")
+        kind = meta.get("kind")
+        kw: dict[str, Any] = {"dest": name, "default": None, "help": meta.get("help")}
+        if kind is bool or isinstance(default, bool):
+            kw["action"] = argparse.BooleanOptionalAction
+        elif isinstance(kind, tuple):
+            kw["choices"] = kind
+        elif kind == "int_or_all":
+            kw["type"] = _int_or("all")
+        elif kind == "int_or_auto":
+            kw["type"] = _int_or("auto")
+        elif kind == "csv":
+            kw["type"] = str
+        elif default is None or isinstance(default, int):
+            kw["type"] = int
+        elif isinstance(default, float):
+            kw["type"] = float
+        g.add_argument(flag, **kw)
+
+
+def _add_run(p: argparse.ArgumentParser, default_dataset: str | None, ipc_list: bool = False) -> None:
+    g = p.add_argument_group("data and model")
     g.add_argument("--dataset", default=default_dataset, help="dataset name (default: %(default)s)")
-    g.add_argument(
-        "--data-path", "--root", dest="root", default=None, help="data folder (e.g. ../shared/data)"
-    )
+    g.add_argument("--data-path", "--root", dest="root", default=None, help="data folder (e.g. ../shared/data)")
     g.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
-    g.add_argument("--seed", type=int, default=None, help="seed of every generator (default 0)")
-
-
-def _add_config(p: argparse.ArgumentParser, ipc_list: bool = False) -> None:
-    g = p.add_argument_group("distillation settings (default: the preset for dataset and ipc)")
     if ipc_list:
         g.add_argument("--ipc", default="1,10", help="images per class, e.g. 1,10,50 (default 1,10)")
     else:
-        g.add_argument("--ipc", type=int, default=1, help="images per class (default 1)")
+        g.add_argument("--ipc", type=int, default=None, help="images per class (default 1)")
+    g.add_argument("--model", default=None, help="architecture (default: the preset's / the store's)")
+    g.add_argument("--width", type=int, help="ConvNet width")
+    g.add_argument("--depth", type=int, help="ConvNet depth")
+    g.add_argument("--zca", action=argparse.BooleanOptionalAction, default=None, help="ZCA-whiten the data")
+    g.add_argument("--dsa-strategy", default=None, help="DSA groups joined by _ ('none' disables)")
+    g.add_argument("--seed", type=int, default=None, help="seed of every generator (default 0)")
     g.add_argument(
         "--preset",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="start from the paper's / our preset for (dataset, ipc) (default on)",
     )
-    g.add_argument("--iterations", type=int)
-    g.add_argument("--syn-steps", type=int)
-    g.add_argument("--expert-epochs", type=int, help="M: expert epochs matched per iteration")
-    g.add_argument("--max-start-epoch", type=int)
-    g.add_argument("--lr-img", type=float)
-    g.add_argument("--lr-lr", type=float)
-    g.add_argument("--lr-teacher", type=float, help="initial learnable student lr (not the experts')")
-    g.add_argument("--batch-syn", type=_int_or_all, help="int or 'all'")
-    g.add_argument("--zca", action=argparse.BooleanOptionalAction, default=None)
-    g.add_argument("--model", help="architecture (default: preset's / the store's)")
-    g.add_argument("--width", type=int, help="ConvNet width override")
-    g.add_argument("--depth", type=int, help="ConvNet depth override")
-    g.add_argument("--init", choices=("real", "noise"))
-    g.add_argument("--dsa-strategy", help="DSA groups joined by _ ('none' disables)")
-    g.add_argument("--matching", choices=("unroll", "checkpoint"))
-    g.add_argument("--segment", type=_int_or_auto, help="checkpoint segment: N or 'auto'")
-    g.add_argument("--store-on", choices=("device", "host"),
-                   help="where checkpoint mode keeps the per-step parameter vectors")
-    g.add_argument("--eval-it", type=int, help="evaluate / checkpoint every N iterations")
-    g.add_argument("--num-eval", type=int, help="models per evaluation")
-    g.add_argument("--eval-epochs", type=int, help="training epochs per evaluation model")
-    g.add_argument("--log-every", type=int)
-
-
-def _add_experts(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("experts")
-    g.add_argument("--num-experts", type=int)
-    g.add_argument("--expert-epochs-train", type=int, help="epochs per expert")
-    g.add_argument("--expert-batch", type=int, help="experts' mini-batch")
-    g.add_argument("--expert-lr", type=float, help="experts' SGD lr (default 0.01, as buffer.py)")
-
-
-def _int_or_all(s: str) -> int | str:
-    if s.lower() in ("all", "none"):
-        return "all"
-    try:
-        return int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int or 'all', got {s!r}") from None
-
-
-def _int_or_auto(s: str) -> int | str:
-    if s.lower() == "auto":
-        return "auto"
-    try:
-        return int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int or 'auto', got {s!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``mtt-fast``."""
     ap = argparse.ArgumentParser(
-        prog="mtt-fast",
-        description="Dataset distillation by Matching Training Trajectories (MTT).",
+        prog="mtt-fast", description="Dataset distillation by Matching Training Trajectories (MTT)."
     )
     ap.add_argument("--version", action="version", version=f"mtt-fast {__version__}")
     ap.add_argument(
@@ -139,13 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
         "lose to thread synchronisation; else torch's default)",
     )
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
-
     sub.add_parser("info", help="versions, devices and kernel backends")
 
     p = sub.add_parser("buffer", help="train expert trajectories into a store")
-    _add_data(p)
-    _add_config(p)
-    _add_experts(p)
+    _add_run(p, "digits")
+    _add_section(p, "experts", "experts (the original buffer.py; independent of the IPC)")
     p.add_argument("--out", help="store folder (default: buffers/<dataset>)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -164,16 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-path", "--root", dest="root", default=None)
 
     p = sub.add_parser("distill", help="distill a dataset from a trajectory store")
-    _add_data(p, default_dataset=None)
-    _add_config(p)
+    _add_run(p, None)
+    _add_section(p, "distill", "distillation (the original distill.py)")
+    _add_section(p, "eval", "periodic evaluation")
     p.add_argument("--store", required=True, help="trajectory store folder (from `buffer`)")
     p.add_argument("--out", help="output folder (default: runs/<dataset>-ipc<ipc>)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in OUT")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("eval", help="evaluate a synthetic.pt")
     p.add_argument("synthetic", help="a synthetic.pt written by distill")
-    p.add_argument("--models", default=None, help="comma-separated (default: the distill model)")
+    p.add_argument("--models", default=None, help="comma-separated (default: the set's own model)")
     p.add_argument("--num-eval", type=int, default=5)
     p.add_argument("--eval-epochs", type=int, default=1000)
     p.add_argument("--baselines", default="", help="also evaluate e.g. random,herding")
@@ -185,109 +168,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the report as JSON here")
     p.add_argument("--no-progress", action="store_true")
 
-    p = sub.add_parser("run", help="experts + distillation + evaluation vs real subsets")
-    _add_data(p)
-    _add_config(p)
-    _add_experts(p)
-    p.add_argument("--out", help="output folder (default: runs/<dataset>-ipc<ipc>)")
-    p.add_argument("--store", help="use this trajectory store instead of training experts")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted distillation")
-    p.add_argument("--models", default=None, help="final evaluation models, comma-separated")
-    p.add_argument(
-        "--baselines",
-        default="random,herding",
-        help="real subsets to compare (default %(default)s)",
-    )
-    p.add_argument("--baseline-lr", type=float, default=None,
-                   help="lr of the real-subset baselines (default 0.01, the DC/MTT protocol)")
-    p.add_argument("--no-progress", action="store_true")
-
-    p = sub.add_parser(
-        "reproduce",
-        help="the paper's protocol over datasets x IPC: a paper-style table (resumable)",
-        description="Run experts (shared across IPCs), distillation and the evaluation of MTT, "
-        "random and herding for every (dataset, ipc) cell; write OUT/table.md and "
-        "OUT/table.json with the published numbers beside. Re-running resumes cell by cell.",
-    )
-    _add_data(p, default_dataset="mnist")
-    _add_config(p, ipc_list=True)
-    _add_experts(p)
-    p.add_argument("--out", default="runs/reproduce", help="output folder (default %(default)s)")
-    p.add_argument("--no-record-argv", dest="record_argv", action="store_false",
-                   help="do not record the command line in table.json")
-    p.add_argument("--no-progress", action="store_true")
+    for name, helptext in (
+        ("run", "experts + distillation + evaluation vs real subsets"),
+        ("reproduce", "the paper's protocol over datasets x IPC: a paper-style table (resumable)"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        _add_run(p, "mnist" if name == "reproduce" else "digits", ipc_list=name == "reproduce")
+        _add_section(p, "experts", "experts (the original buffer.py; independent of the IPC)")
+        _add_section(p, "distill", "distillation (the original distill.py)")
+        _add_section(p, "eval", "evaluation")
+        if name == "run":
+            p.add_argument("--out", help="output folder (default: runs/<dataset>-ipc<ipc>)")
+            p.add_argument("--store", help="use this trajectory store instead of training experts")
+            p.add_argument("--resume", action="store_true", help="continue an interrupted distillation")
+            p.add_argument("--overwrite", action="store_true", help="replace an earlier run in OUT")
+        else:
+            p.add_argument("--out", default="runs/reproduce", help="output folder (default %(default)s)")
+            p.add_argument("--no-record-argv", dest="record_argv", action="store_false",
+                           help="do not record the command line in table.json")
+        p.add_argument("--baselines", default="random,herding", help="real subsets to compare (default %(default)s)")
+        p.add_argument("--baseline-lr", type=float, default=None,
+                       help="lr of the real-subset baselines (default 0.01, the DC/MTT protocol)")
+        p.add_argument("--no-progress", action="store_true")
     return ap
 
 
-# ---------------------------------------------------------------------------- helpers
+# ---------------------------------------------------------------------------- settings
 
 
-def _overrides(a: argparse.Namespace) -> dict:
-    kw: dict[str, Any] = {
-        "iterations": a.iterations,
-        "syn_steps": a.syn_steps,
-        "expert_epochs": a.expert_epochs,
-        "max_start_epoch": a.max_start_epoch,
-        "lr_img": a.lr_img,
-        "lr_lr": a.lr_lr,
-        "lr_teacher": a.lr_teacher,
-        "zca": a.zca,
-        "model": a.model,
-        "init": a.init,
-        "dsa_strategy": a.dsa_strategy,
-        "matching": a.matching,
-        "segment": a.segment,
-        "store_on": a.store_on,
-        "eval_it": a.eval_it,
-        "num_eval": a.num_eval,
-        "epoch_eval_train": a.eval_epochs,
-        "log_every": a.log_every,
-        "seed": a.seed,
-    }
-    if a.batch_syn is not None:
-        kw["batch_syn"] = None if a.batch_syn == "all" else a.batch_syn
-    for k in ("num_experts", "expert_epochs_train", "expert_batch", "expert_lr"):
-        if hasattr(a, k):
-            kw[
-                {
-                    "num_experts": "num_experts",
-                    "expert_epochs_train": "buffer_epochs",
-                    "expert_batch": "buffer_batch",
-                    "expert_lr": "buffer_lr",
-                }[k]
-            ] = getattr(a, k)
-    return kw
+def explicit_settings(a: argparse.Namespace) -> dict[str, Any]:
+    """The configuration settings given on the command line (flat names -> values)."""
+    from mtt_fast.config import field_names
+
+    names = field_names() - {"dataset", "ipc", "model_kwargs"}
+    out = {k: getattr(a, k) for k in names if getattr(a, k, None) is not None}
+    if out.get("batch_syn") == "all":
+        out["batch_syn"] = None  # explicit: the whole set
+    mk = {n: getattr(a, n) for n in ("width", "depth") if getattr(a, n, None) is not None}
+    if mk:
+        out["model_kwargs"] = mk
+    return out
 
 
-def _config(a: argparse.Namespace, dataset: str):
-    from mtt_fast.presets import DistillConfig, preset
+def config_from_args(a: argparse.Namespace, dataset: str, ipc: int | None = None):
+    """``(Config, explicit names)``: the preset for (dataset, ipc) (or the defaults with
+    ``--no-preset``) with the command line's settings on top."""
+    from mtt_fast.config import Config, preset
 
-    kw = _overrides(a)
-    if "batch_syn" in kw and kw["batch_syn"] is None:
-        del kw["batch_syn"]
-        all_batch = True
+    given = explicit_settings(a)
+    ipc = ipc if ipc is not None else (a.ipc if isinstance(getattr(a, "ipc", None), int) else 1)
+    if a.preset:
+        base = preset(dataset, ipc)
     else:
-        all_batch = False
-    cfg = preset(dataset, a.ipc, **kw) if a.preset else DistillConfig(dataset=dataset, ipc=a.ipc)
-    if not a.preset:
-        cfg = cfg.replace(**{k: v for k, v in kw.items() if v is not None})
-    if all_batch:
-        cfg = cfg.replace(batch_syn=None)
-    mk = dict(cfg.model_kwargs)
-    if a.model is not None and a.model != "ConvNet" and a.width is None and a.depth is None:
-        mk = {}  # a preset's ConvNet options do not carry over to another model
-    if a.width is not None:
-        mk["width"] = a.width
-    if a.depth is not None:
-        mk["depth"] = a.depth
-    if mk != cfg.model_kwargs:
-        cfg = cfg.replace(model_kwargs=mk)
-    return cfg
+        base = Config(dataset=dataset, ipc=ipc)
+    if "model" in given and "model_kwargs" not in given and given["model"] != base.model:
+        given["model_kwargs"] = {}  # a preset's ConvNet options do not carry over
+    elif "model_kwargs" in given:
+        given["model_kwargs"] = {**base.model_kwargs, **given["model_kwargs"]}
+    return base.replace(**given), set(given)
 
 
-def _models_arg(s: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+def _models_arg(s: str | None) -> tuple[str, ...] | None:
     if not s:
-        return default
+        return None
     out = tuple(m.strip() for m in s.split(",") if m.strip())
     from mtt_fast.models import MODEL_NAMES
 
@@ -305,47 +248,6 @@ def _kinds_arg(s: str) -> tuple[str, ...]:
     if bad:
         raise _Fail(f"unknown baseline(s) {bad}; known: {', '.join(CORESET_KINDS)}")
     return out
-
-
-def _model_kwargs_for(models: tuple[str, ...], model: str, kwargs: dict) -> dict:
-    return {m: (dict(kwargs) if m == model else {}) for m in models}
-
-
-def _prepare(dataset: str, root, zca: bool, device):
-    from mtt_fast.data import prepare
-
-    return prepare(dataset, root=root, zca=zca, device=device)
-
-
-def _train_store(cfg, data, out: Path, device, progress: bool):
-    from mtt_fast.experts import train_experts
-
-    return train_experts(
-        dataset=cfg.dataset,
-        model=cfg.model,
-        num_experts=cfg.num_experts,
-        epochs=cfg.buffer_epochs,
-        lr=cfg.expert_lr,
-        batch_size=cfg.buffer_batch,
-        dsa=cfg.dsa is not None,
-        dsa_strategy=cfg.dsa_strategy if cfg.dsa is not None else "none",
-        zca=cfg.zca,
-        out=out,
-        device=device,
-        seed=cfg.seed,
-        progress=progress,
-        data=data,
-        model_kwargs=cfg.model_kwargs,
-    )
-
-
-def _versions() -> dict:
-    return {
-        "mtt_fast": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 def _fmt(r: dict | None) -> str:
@@ -381,39 +283,39 @@ def _cmd_info(a: argparse.Namespace) -> int:
 
 
 def _cmd_buffer(a: argparse.Namespace) -> int:
-    cfg = _config(a, a.dataset)
+    from mtt_fast.data import prepare
+    from mtt_fast.pipeline import train_store
+
+    cfg, _ = config_from_args(a, a.dataset)
     out = Path(a.out or f"buffers/{cfg.dataset}")
-    data = _prepare(cfg.dataset, a.root, cfg.zca, a.device)
-    store = _train_store(cfg, data, out, a.device, not a.no_progress)
+    data = prepare(cfg.dataset, root=a.root, zca=cfg.zca, device=a.device)
+    store = train_store(cfg, data, out, a.device, not a.no_progress)
     _print(f"{store!r}")
     return 0
 
 
+def _dataset_shape(name: str, root) -> tuple[int, int, int]:
+    from mtt_fast.data import dataset_info
+
+    info = dataset_info(name)
+    if info.im_size is not None:
+        return info.channels, info.num_classes, info.im_size[0]
+    from mtt_fast.data import load_dataset
+
+    ds = load_dataset(name, root=root, split="train")
+    return int(ds.images.shape[1]), len(ds.classes), int(ds.images.shape[2])
+
+
 def _cmd_import(a: argparse.Namespace) -> int:
-    from mtt_fast.store import import_buffers
+    from mtt_fast.experts import import_buffers
 
-    key = a.dataset.lower().replace("_", "")
-    shape = _SHAPES.get(key) or _SHAPES.get(key.replace("-", ""))
-    if a.channels and a.num_classes and a.im_size:
-        shape = (a.channels, a.num_classes, a.im_size)
-    if shape is None:
-        from mtt_fast.data import load_dataset
-
-        ds = load_dataset(a.dataset, root=a.root, split="train")
-        shape = (ds.images.shape[1], len(ds.classes), int(ds.images.shape[2]))
-    c, k, s = shape
+    shape = (a.channels, a.num_classes, a.im_size)
+    if not all(shape):
+        c, k, s = _dataset_shape(a.dataset, a.root)
+        shape = (a.channels or c, a.num_classes or k, a.im_size or s)
     kw = {n: v for n, v in (("width", a.width), ("depth", a.depth)) if v is not None}
     store = import_buffers(
-        a.files,
-        a.out,
-        a.model,
-        a.dataset,
-        a.channels or c,
-        a.num_classes or k,
-        a.im_size or s,
-        zca=a.zca,
-        model_kwargs=kw,
-        append=a.append,
+        a.files, a.out, a.model, a.dataset, *shape, zca=a.zca, model_kwargs=kw, append=a.append
     )
     _print(f"{store!r}")
     return 0
@@ -421,27 +323,25 @@ def _cmd_import(a: argparse.Namespace) -> int:
 
 def _cmd_distill(a: argparse.Namespace) -> int:
     from mtt_fast.distillation import distill
-    from mtt_fast.store import TrajectoryStore
+    from mtt_fast.experts import TrajectoryStore
 
     store = TrajectoryStore.open(a.store)
     dataset = a.dataset or store.meta.get("dataset") or "digits"
-    cfg = _config(a, dataset)
+    cfg, explicit = config_from_args(a, dataset)
     out = Path(a.out or f"runs/{cfg.dataset}-ipc{cfg.ipc}")
     res = distill(
-        dataset=dataset,
         root=a.root,
         store=store,
-        ipc=cfg.ipc,
         preset=cfg,
         out=out,
         resume=a.resume,
+        overwrite=a.overwrite,
         device=a.device,
         progress=not a.no_progress,
-        model=a.model,
-        **({"zca": a.zca} if a.zca is not None else {}),
+        explicit=explicit,
     )
     _print(
-        f"distilled {res.images.shape[0]} images ({cfg.dataset}, ipc {cfg.ipc}) in "
+        f"distilled {res.images.shape[0]} images ({cfg.dataset}, ipc {res.config.ipc}) in "
         f"{res.seconds:.1f} s; learned lr {res.lr:.5g}; best during distillation: "
         f"{_fmt(res.best)}; wrote {out}"
     )
@@ -449,56 +349,31 @@ def _cmd_distill(a: argparse.Namespace) -> int:
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
-    from mtt_fast.evaluation import (
-        BASELINE_LR,
-        evaluate,
-        evaluate_baselines,
-        load_synthetic,
-        set_dsa_strategy,
-    )
+    from mtt_fast.evaluation import BASELINE_LR, evaluate, evaluate_baselines
+    from mtt_fast.synthetic import SyntheticSet
     from mtt_fast.utils import atomic_write_json
 
-    syn = load_synthetic(a.synthetic)
-    dsa = set_dsa_strategy(syn)
-    if not syn.get("dataset"):
+    syn = SyntheticSet.load(a.synthetic)
+    if not syn.dataset:
         raise _Fail(f"{a.synthetic} does not record its dataset")
-    model = syn.get("model") or "ConvNet"
-    mk = dict(syn.get("model_kwargs") or {})
-    models = _models_arg(a.models, (model,))
+    from mtt_fast.data import prepare
+
+    models = _models_arg(a.models) or (syn.model,)
     kinds = _kinds_arg(a.baselines) if a.baselines else ()
-    data = _prepare(syn["dataset"], a.root, bool(syn.get("zca")), a.device)
-    rep = evaluate(
-        syn["images"],
-        syn["labels"],
-        syn["lr"],
-        data,
-        models,
-        a.num_eval,
-        a.eval_epochs,
-        dsa_strategy=dsa,
-        seed=a.seed,
-        device=a.device,
-        progress=not a.no_progress,
-        model_kwargs=_model_kwargs_for(models, model, mk),
-    )
+    mk = {m: (dict(syn.model_kwargs) if m == syn.model else {}) for m in models}
+    data = prepare(syn.dataset, root=a.root, zca=syn.zca, device=a.device)
+    common = dict(
+        dsa_strategy=syn.dsa_strategy, seed=a.seed, device=a.device,
+        progress=not a.no_progress, model_kwargs=mk,
+    )  # fmt: skip
+    rep = evaluate(syn, data=data, models=models, num_eval=a.num_eval, epochs=a.eval_epochs, **common)
     if kinds:
-        ipc = int(syn.get("ipc") or syn["images"].shape[0] // data.num_classes)
-        base_lr = a.baseline_lr or BASELINE_LR
+        ipc = int(syn.ipc or syn.images.shape[0] // data.num_classes)
         rep.results.update(
             evaluate_baselines(
-                data,
-                ipc,
-                lr=base_lr,
-                kinds=kinds,
-                models=models,
-                num_eval=a.num_eval,
-                epochs=a.eval_epochs,
-                dsa_strategy=dsa,
-                seed=a.seed,
-                device=a.device,
-                progress=not a.no_progress,
-                model_kwargs=_model_kwargs_for(models, model, mk),
-            )
+                data, ipc, lr=a.baseline_lr or BASELINE_LR, kinds=kinds, models=models,
+                num_eval=a.num_eval, epochs=a.eval_epochs, **common,
+            )  # fmt: skip
         )
     _print(rep.summary())
     if a.out:
@@ -511,31 +386,31 @@ def run_pipeline(a: argparse.Namespace) -> dict:
     from mtt_fast.evaluation import BASELINE_LR
     from mtt_fast.pipeline import run
 
-    cfg = _config(a, a.dataset)
+    cfg, explicit = config_from_args(a, a.dataset)
     return run(
         out=a.out,
         root=a.root,
         store=a.store,
         device=a.device,
         resume=a.resume,
-        models=_models_arg(a.models, (cfg.model,)),
+        overwrite=a.overwrite,
         baselines=_kinds_arg(a.baselines) if a.baselines else (),
         baseline_lr=a.baseline_lr or BASELINE_LR,
         progress=not a.no_progress,
         config=cfg,
+        explicit=explicit,
         log=_print,
     )
+
+
+def _cmd_run(a: argparse.Namespace) -> int:
+    run_pipeline(a)
+    return 0
 
 
 def _cmd_reproduce(a: argparse.Namespace) -> int:
     from mtt_fast.pipeline import reproduce
 
-    overrides = {k: v for k, v in _overrides(a).items() if v is not None}
-    if a.batch_syn == "all":
-        overrides["batch_syn"] = None
-    mk = {n: v for n, v in (("width", a.width), ("depth", a.depth)) if v is not None}
-    if mk:
-        overrides["model_kwargs"] = mk
     reproduce(
         datasets=a.dataset,
         ipcs=a.ipc,
@@ -545,13 +420,9 @@ def _cmd_reproduce(a: argparse.Namespace) -> int:
         progress=not a.no_progress,
         log=_print,
         command="mtt-fast " + " ".join(sys.argv[1:]) if a.record_argv else None,
-        **overrides,
+        baselines=_kinds_arg(a.baselines) if a.baselines else (),
+        **explicit_settings(a),
     )
-    return 0
-
-
-def _cmd_run(a: argparse.Namespace) -> int:
-    run_pipeline(a)
     return 0
 
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mtt_fast._version import __version__
+from mtt_fast.config import Config, preset
 from mtt_fast.evaluation import BASELINE_LR, CORESET_KINDS
-from mtt_fast.presets import DistillConfig, preset
-from mtt_fast.published import published
+from mtt_fast.evaluation.published import published
 
 __all__ = ["run", "reproduce", "train_store", "format_report", "format_table", "REPORT"]
 
@@ -48,7 +48,7 @@ def versions() -> dict:
     }
 
 
-def train_store(cfg: DistillConfig, data: Any, out: str | os.PathLike, device, progress: bool):
+def train_store(cfg: Config, data: Any, out: str | os.PathLike, device, progress: bool):
     """Train (or top up) the experts ``cfg`` asks for into the store ``out``.
 
     The experts' settings are ``cfg``'s expert fields (``num_experts``, ``buffer_epochs``,
@@ -91,12 +91,13 @@ def run(
     store: Any = None,
     device: str | torch.device = "cpu",
     resume: bool = False,
-    models: Sequence[str] | None = None,
+    overwrite: bool = False,
     baselines: Sequence[str] = CORESET_KINDS,
     baseline_lr: float = BASELINE_LR,
     progress: bool = True,
     data: Any = None,
-    config: DistillConfig | None = None,
+    config: Config | None = None,
+    explicit: Iterable[str] | None = None,
     log: Any = print,
     **overrides: Any,
 ) -> dict:
@@ -112,17 +113,20 @@ def run(
         store: an existing trajectory store (folder or object) instead of training experts.
         device: where everything runs.
         resume: continue an interrupted distillation from ``out/checkpoint.pt``.
-        models: final evaluation architectures (default: the distilled model).
+        overwrite: replace an earlier run's distillation files in ``out`` (else refused).
         baselines: real-subset baselines to evaluate (``"random"``, ``"herding"``).
         baseline_lr: the baselines' training lr (0.01, the DC / MTT protocol).
         progress: progress bars.
         data: a prepared dataset to reuse.
-        config: a ready :class:`~mtt_fast.presets.DistillConfig` (else the preset).
+        config: a ready :class:`~mtt_fast.config.Config` (else the preset).
+        explicit: the settings the user gave explicitly (default: the ``overrides``); they
+            are never silently replaced by a store's or checkpoint's values.
         log: called with one-line progress messages (``None``: silent).
-        **overrides: :class:`~mtt_fast.presets.DistillConfig` fields (``iterations``,
+        **overrides: :class:`~mtt_fast.config.Config` settings by flat name (``iterations``,
             ``num_experts``, ``buffer_epochs``, ``syn_steps``, ``expert_epochs``,
             ``max_start_epoch``, ``lr_img``, ``lr_lr``, ``lr_teacher``, ``batch_syn``,
-            ``epoch_eval_train``, ``num_eval``, ``model_kwargs``, ...).
+            ``epoch_eval_train``, ``num_eval``, ``eval_models``, ``model_kwargs``, ...).
+            The evaluation architectures are ``eval_models`` (default: the distilled one).
 
     Returns:
         The report (the content of ``out/report.json``): ``dataset``, ``ipc``, ``model``,
@@ -138,11 +142,10 @@ def run(
 
     say = log or (lambda *_: None)
     t0 = time.perf_counter()
-    cfg = config if config is not None else preset(dataset, ipc, **overrides)
-    if config is not None and overrides:
-        cfg = cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    explicit = set(given) if explicit is None else set(explicit) | set(given)
+    cfg = config.replace(**given) if config is not None else preset(dataset, ipc, **given)
     out = Path(out if out is not None else f"runs/{cfg.dataset}-ipc{cfg.ipc}")
-    models = tuple(models) if models else (cfg.model,)
     bad = [k for k in baselines if k not in CORESET_KINDS]
     if bad:
         raise ValueError(f"unknown baseline(s) {bad}; known: {', '.join(CORESET_KINDS)}")
@@ -173,13 +176,15 @@ def run(
         preset=cfg,
         out=out,
         resume=resume,
+        overwrite=overwrite,
         device=device,
         progress=progress,
         data=data,
-        model=cfg.model,
+        explicit=explicit,
     )
     timings["distill_s"] = time.perf_counter() - t
     cfg = res.config
+    models = cfg.models_to_eval
 
     say(f"[3/3] evaluating mtt vs {', '.join(baselines) or 'nothing'} on {', '.join(models)}")
     t = time.perf_counter()
@@ -315,7 +320,7 @@ def _parse_ipcs(ipcs: Sequence[int] | str | int) -> list[int]:
     return sorted(set(out))
 
 
-def _expert_groups(cfgs: dict[int, DistillConfig], explicit: set[str]) -> list[dict]:
+def _expert_groups(cfgs: dict[int, Config], explicit: set[str]) -> list[dict]:
     """Cells whose experts can be the same store: same model, preprocessing, DSA and expert
     SGD settings. A store serves every cell of its group, so it gets the most experts and
     epochs any of them asks for; an explicit ``buffer_epochs`` too short for a cell stops."""
@@ -374,6 +379,7 @@ def reproduce(
     progress: bool = True,
     log: Any = print,
     command: str | None = None,
+    baselines: Sequence[str] = CORESET_KINDS,
     **overrides: Any,
 ) -> dict:
     """Run the paper's protocol over a grid of datasets x IPC and write a paper-style table.
@@ -392,7 +398,8 @@ def reproduce(
         out: output folder.
         root, device, progress, log: as :func:`run`.
         command: the command line to record in the table (default: none).
-        **overrides: :class:`~mtt_fast.presets.DistillConfig` fields for every cell.
+        baselines: real-subset baselines of every cell.
+        **overrides: :class:`~mtt_fast.presets.Config` fields for every cell.
 
     Returns:
         ``{"rows": [report, ...], "command", "versions", ...}`` (the content of table.json).
@@ -457,6 +464,8 @@ def reproduce(
                             progress=progress,
                             data=data,
                             config=cfgs[ipc],
+                            explicit=explicit,
+                            baselines=baselines,
                             log=log,
                         )
                     )

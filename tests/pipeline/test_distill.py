@@ -11,7 +11,7 @@ import mtt_fast.matching as matching
 from mtt_fast import data as mdata
 from mtt_fast.distillation import CHECKPOINT, DistillDiverged, distill, init_synthetic
 from mtt_fast.experts import train_experts
-from mtt_fast.presets import DistillConfig, preset
+from mtt_fast.config import DistillConfig, preset
 from mtt_fast.utils import atomic_save, read_jsonl, save_image_grid
 
 MK = {"width": 16, "depth": 2}
@@ -159,10 +159,27 @@ def test_resume_is_bit_identical(tmp_path, store, digits, monkeypatch):
 
 def test_resume_with_other_settings_fails(tmp_path, store, digits):
     distill(store=store, data=digits, out=tmp_path, **_kw(iterations=2))
-    with pytest.raises(ValueError, match="lr_img"):
-        distill(
-            store=store, data=digits, out=tmp_path, resume=True, **_kw(iterations=4, lr_img=5.0)
-        )
+    # a setting that shapes the result, asked explicitly, cannot change: both values named
+    with pytest.raises(ValueError, match=r"--syn-steps: checkpoint 4, asked 5"):
+        distill(store=store, data=digits, out=tmp_path, resume=True, **_kw(iterations=4, syn_steps=5))
+
+
+def test_resume_may_lower_the_optimisation_lrs_and_records_it(tmp_path, store, digits):
+    distill(store=store, data=digits, out=tmp_path, **_kw(iterations=2))
+    res = distill(store=store, data=digits, out=tmp_path, resume=True, **_kw(iterations=4, lr_img=5.0))
+    assert res.iteration == 4 and res.config.lr_img == 5.0
+    ev = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r.get("event", "").startswith("resumed")]
+    assert ev and ev[0]["changed"]["lr_img"] == {"checkpoint": 100.0, "now": 5.0}
+    ck = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert ck["opt_img"]["param_groups"][0]["lr"] == 5.0 and ck["config"]["lr_img"] == 5.0
+
+
+def test_refuses_to_replace_a_finished_run(tmp_path, store, digits):
+    distill(store=store, data=digits, out=tmp_path, **_kw(iterations=1))
+    with pytest.raises(ValueError, match=r"--resume .* --overwrite"):
+        distill(store=store, data=digits, out=tmp_path, **_kw(iterations=1))
+    res = distill(store=store, data=digits, out=tmp_path, overwrite=True, **_kw(iterations=2))
+    assert res.iteration == 2
 
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, store, digits, monkeypatch):

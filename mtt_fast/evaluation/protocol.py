@@ -1,10 +1,7 @@
-"""Evaluation of a synthetic set by the paper's protocol, and the coreset baselines.
-
-:func:`evaluate` trains ``num_eval`` fresh models per architecture on the synthetic set
-only (SGD momentum 0.9, weight decay 5e-4, the learned lr, x0.1 at half, DSA, batch 256)
-and reports test accuracy mean +- std. :func:`coreset` picks real images per class
-(random or herding) and :func:`evaluate_baselines` evaluates them the same way.
-"""
+"""The paper's evaluation protocol: :func:`evaluate` trains ``num_eval`` fresh models per
+architecture on a synthetic set only (SGD momentum 0.9, weight decay 5e-4, the learned lr,
+``epochs + 1`` passes with x0.1 after pass ``epochs // 2 + 1``, DSA, batch 256, as the
+original ``evaluate_synset``) and reports test accuracy mean +- std."""
 
 from __future__ import annotations
 
@@ -20,20 +17,10 @@ import numpy as np
 import torch
 
 from mtt_fast.augment import DEFAULT_STRATEGY
+from mtt_fast.synthetic import SyntheticSet
 from mtt_fast.training import check_labels, train_and_test
 
-__all__ = [
-    "EvalReport",
-    "evaluate",
-    "coreset",
-    "evaluate_baselines",
-    "load_synthetic",
-    "set_dsa_strategy",
-    "BASELINE_LR",
-]
-
-CORESET_KINDS = ("random", "herding")
-BASELINE_LR = 0.01  # real-image coresets are trained at 0.01 (the DC / MTT protocol)
+__all__ = ["EvalReport", "evaluate"]
 
 
 @dataclass
@@ -82,44 +69,6 @@ def _stats(test: list[float], train: list[float]) -> dict[str, Any]:
         "runs": [float(a) for a in test],
         "train_mean": float(np.mean(train)),
     }
-
-
-def load_synthetic(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a synthetic set written by distillation (``torch.save`` of a dict).
-
-    Args:
-        path: the file; loaded with ``torch.load(weights_only=True)`` on the CPU.
-
-    Returns:
-        The dict; it has at least ``images (n, C, H, W)``, ``labels (n,) | (n, K)``, ``lr``.
-
-    Raises:
-        FileNotFoundError / ValueError: missing file, unsafe pickle or missing keys
-            (the message names the file).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"synthetic set file {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError, RuntimeError for corrupt zips, ...
-        raise ValueError(f"cannot load synthetic set {path} with weights_only=True: {e}") from e
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"synthetic set {path} holds a {type(obj).__name__}, expected a dict")
-    missing = [k for k in ("images", "labels") if k not in obj]
-    if missing:
-        raise ValueError(f"synthetic set {path} lacks key(s) {missing}; has {sorted(obj)}")
-    return dict(obj)
-
-
-def set_dsa_strategy(saved: Mapping) -> str | None:
-    """The DSA strategy a saved synthetic set was distilled with (``None``: no DSA); all six
-    groups when the file does not record it."""
-    from mtt_fast.augment import parse_strategy
-
-    cfg = saved.get("config") or {}
-    strategy = cfg.get("dsa_strategy", DEFAULT_STRATEGY)
-    return strategy if strategy and parse_strategy(strategy) else None
 
 
 def _check_set(images: torch.Tensor, labels: torch.Tensor, data: Any) -> None:
@@ -231,9 +180,9 @@ def evaluate(
     """Evaluate a synthetic set: train fresh models on it only, test on the real test set.
 
     Args:
-        images: (n, C, H, W) synthetic images in the data's processed space, or the path
-            of a file written by distillation (a dict with ``images``, ``labels``, ``lr``;
-            its values are used where ``labels`` / ``lr`` are not given).
+        images: (n, C, H, W) synthetic images in the data's processed space, or a
+            :class:`~mtt_fast.synthetic.SyntheticSet` or the path of one (its labels, lr,
+            architecture, DSA setting and dataset are used where not given).
         labels: (n,) int64 or (n, K) float soft labels.
         lr: training lr (the learned one), float or 0-dim tensor.
         data: :class:`mtt_fast.data.Prepared` whose test split is used. With a file that
@@ -265,22 +214,22 @@ def evaluate(
         ValueError: images not matching the data's (C, H, W), labels of the wrong length /
             classes, a missing lr or data.
     """
-    saved: dict[str, Any] = {}
-    if isinstance(images, (str, os.PathLike)):
-        saved = load_synthetic(images)
-        images = saved["images"]
-        labels = saved["labels"] if labels is None else labels
-        lr = saved.get("lr") if lr is None else lr
-        if data is None and saved.get("dataset"):
+    syn: SyntheticSet | None = None
+    if isinstance(images, (str, os.PathLike, SyntheticSet)):
+        syn = images if isinstance(images, SyntheticSet) else SyntheticSet.load(images)
+        images = syn.images
+        labels = syn.labels if labels is None else labels
+        lr = syn.lr if lr is None else lr
+        if data is None and syn.dataset:
             from mtt_fast.data import prepare
 
-            data = prepare(saved["dataset"], root=root, zca=bool(saved.get("zca")), device=device)
+            data = prepare(syn.dataset, root=root, zca=syn.zca, device=device)
     if models is None:
-        models = (saved.get("model") or "ConvNet",)
-        if model_kwargs is None and saved.get("model_kwargs"):
-            model_kwargs = {models[0]: dict(saved["model_kwargs"])}
+        models = (syn.model if syn is not None else "ConvNet",)
+        if model_kwargs is None and syn is not None and syn.model_kwargs:
+            model_kwargs = {models[0]: dict(syn.model_kwargs)}
     if dsa_strategy == _FROM_SET:
-        dsa_strategy = set_dsa_strategy(saved)
+        dsa_strategy = syn.dsa_strategy if syn is not None else DEFAULT_STRATEGY
     if data is None:
         raise ValueError("evaluate needs data= (a mtt_fast.data.Prepared) for its test split")
     if labels is None:
@@ -327,157 +276,3 @@ def evaluate(
     return EvalReport({source: results}, config)
 
 
-@torch.no_grad()
-def _features(x: torch.Tensor, model: torch.nn.Module | None, batch: int = 1024) -> torch.Tensor:
-    if model is None:
-        return x.flatten(1)
-    embed = getattr(model, "embed", None) or model
-    was = model.training
-    model.eval()
-    out = torch.cat([embed(x[s : s + batch]).flatten(1) for s in range(0, x.shape[0], batch)])
-    model.train(was)
-    return out
-
-
-def _herding(feat: torch.Tensor, n: int) -> torch.Tensor:
-    """Greedy mean matching: indices (n,) whose running mean best tracks ``feat``'s mean.
-
-    Runs on ``feat``'s device without host reads (a mask excludes chosen rows).
-    """
-    feat = feat.double()  # the greedy choice compares small differences of large sums
-    mu = feat.mean(0)
-    total = torch.zeros_like(mu)
-    taken = torch.zeros(feat.shape[0], dtype=torch.bool, device=feat.device)
-    chosen = []
-    for k in range(n):
-        dist = ((mu - (total + feat) / (k + 1)) ** 2).sum(1)
-        dist = dist.masked_fill(taken, math.inf)
-        j = dist.argmin()
-        chosen.append(j)
-        taken[j] = True
-        total = total + feat[j]
-    return torch.stack(chosen)
-
-
-def coreset(
-    data: Any,
-    ipc: int,
-    kind: str = "random",
-    seed: int = 0,
-    model: torch.nn.Module | str | None = None,
-    return_indices: bool = False,
-) -> tuple[torch.Tensor, ...]:
-    """Pick ``ipc`` real training images per class.
-
-    Args:
-        data: :class:`mtt_fast.data.Prepared` (train split used).
-        ipc: images per class.
-        kind: ``"random"`` (a uniform subset of each class) or ``"herding"`` (greedy
-            matching of the class mean, Welling 2009, in a feature space).
-        seed: seeds the random choice, and the initialisation of ``model`` given by name.
-        model: feature space for herding: ``None`` uses raw pixels; a module uses its
-            ``embed`` (or its output); a name builds that architecture randomly initialised
-            (seeded with ``seed``), as the original's herding baseline uses the embedding
-            of a random ConvNet.
-        return_indices: also return the chosen rows of ``data.train_images``.
-
-    Returns:
-        ``(images (K * ipc, C, H, W), labels (K * ipc,) int64)``, grouped by class, on
-        the data's device; with ``return_indices`` a third tensor ``(K * ipc,)`` int64.
-
-    Raises:
-        ValueError: unknown ``kind``, ``ipc < 1`` or a class with fewer than ``ipc``
-            images.
-    """
-    if kind not in CORESET_KINDS:
-        raise ValueError(f"unknown coreset kind {kind!r}; expected one of {list(CORESET_KINDS)}")
-    if int(ipc) < 1:
-        raise ValueError(f"ipc must be >= 1, got {ipc!r}")
-    ipc = int(ipc)
-    x, y = data.train_images, data.train_labels
-    k = data.num_classes
-    counts = torch.bincount(y, minlength=k).tolist()
-    short = [c for c in range(k) if counts[c] < ipc]
-    if short:
-        raise ValueError(
-            f"ipc={ipc} but class(es) {short} have only {[counts[c] for c in short]} images"
-        )
-    net = None
-    if kind == "herding" and model is not None:
-        if isinstance(model, str):
-            from mtt_fast.models import get_model
-
-            torch.manual_seed(seed)
-            net = get_model(model, data.channels, data.num_classes, data.im_size)
-        else:
-            net = model
-        net = net.to(x.device)
-    gen = torch.Generator().manual_seed(seed)
-    picks = []
-    for c in range(k):
-        idx = torch.nonzero(y == c).flatten()
-        if kind == "random":
-            sel = idx[torch.randperm(idx.numel(), generator=gen)[:ipc].to(idx.device)]
-        else:
-            sel = idx[_herding(_features(x[idx], net), ipc)]
-        picks.append(sel)
-    sel = torch.cat(picks)
-    if return_indices:
-        return x[sel].clone(), y[sel].clone(), sel
-    return x[sel].clone(), y[sel].clone()
-
-
-def evaluate_baselines(
-    data: Any,
-    ipc: int,
-    lr: float = BASELINE_LR,
-    kinds: Sequence[str] = CORESET_KINDS,
-    models: Sequence[str] | str = ("ConvNet",),
-    num_eval: int = 5,
-    epochs: int = 1000,
-    batch_size: int = 256,
-    dsa_strategy: str | None = DEFAULT_STRATEGY,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    progress: bool = False,
-    herding_model: torch.nn.Module | str | None = None,
-    model_kwargs: Mapping | None = None,
-) -> dict[str, dict[str, dict[str, Any]]]:
-    """Evaluate coreset baselines with the same protocol as :func:`evaluate`.
-
-    Args:
-        data: :class:`mtt_fast.data.Prepared`.
-        ipc: images per class.
-        lr: training lr for the real images (0.01, the DC / MTT protocol; not the
-            distillation's ``lr_teacher`` nor a learned lr).
-        kinds: coreset kinds (``"random"``, ``"herding"``).
-        herding_model: feature space for herding (see :func:`coreset`).
-        models, num_eval, epochs, batch_size, dsa_strategy, seed, device, progress,
-        model_kwargs: as :func:`evaluate`.
-
-    Returns:
-        ``{kind: {model: {"mean", "std", "runs", "train_mean"}}}``, the shape of
-        :attr:`EvalReport.results`.
-    """
-    if isinstance(models, str):
-        models = (models,)
-    out = {}
-    for kind in kinds:
-        xs, ys = coreset(data, ipc, kind, seed, herding_model)
-        out[kind] = evaluate(
-            xs,
-            ys,
-            lr,
-            data,
-            models,
-            num_eval,
-            epochs,
-            batch_size,
-            dsa_strategy,
-            seed,
-            device,
-            progress,
-            model_kwargs,
-            source=kind,
-        ).results[kind]
-    return out
