@@ -250,19 +250,23 @@ class StoreMeta:
 
     @property
     def channels(self) -> int | None:
+        """Input channels C of the model (from its spec)."""
         return None if self.model is None else self.model.get("channels")
 
     @property
     def num_classes(self) -> int | None:
+        """Classes K of the model (from its spec)."""
         return None if self.model is None else self.model.get("num_classes")
 
     @property
     def im_size(self) -> tuple[int, int] | None:
+        """``(H, W)`` of the model's inputs (from its spec)."""
         s = None if self.model is None else self.model.get("im_size")
         return None if s is None else tuple(s)
 
     @property
     def zca(self) -> bool:
+        """Whether the experts saw ZCA-whitened images (``preprocessing.zca``)."""
         return self.preprocessing.zca
 
     def describe(self) -> str:
