@@ -1,5 +1,9 @@
-"""Shared training utilities: one epoch of (DSA-augmented) SGD, accuracy, and the paper's
-evaluation protocol.
+"""Shared training utilities: one epoch of (DSA-augmented) SGD, accuracy, the one epoch
+loop (:func:`fit`, with the original's lr decay) and the paper's evaluation protocol.
+
+Both users of the loop run :func:`fit`: expert training (``buffer.py``: ``epochs`` passes,
+``lr_schedule = [epochs // 2 + 1]`` when ``--decay``) and :func:`train_and_test`
+(``evaluate_synset``: ``epochs + 1`` passes, always decayed after pass ``epochs // 2 + 1``).
 
 Accuracy and loss are accumulated as device tensors inside the batch loop and read on the
 host once per epoch, so a GPU run never syncs inside the loop.
@@ -11,6 +15,8 @@ probabilities (cross-entropy against the distribution; accuracy against its argm
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +25,16 @@ from torch import nn
 from mtt_fast import augment as _augment
 from mtt_fast.augment import DEFAULT_STRATEGY
 
-__all__ = ["train_epoch", "evaluate_accuracy", "train_and_test", "check_labels"]
+__all__ = [
+    "EpochStats",
+    "check_labels",
+    "decay_epoch",
+    "evaluate_accuracy",
+    "fit",
+    "sgd",
+    "train_and_test",
+    "train_epoch",
+]
 
 
 def check_labels(images: torch.Tensor, labels: torch.Tensor, what: str = "labels") -> None:
@@ -146,6 +161,103 @@ def evaluate_accuracy(
     return int(correct) / n
 
 
+@dataclass(frozen=True)
+class EpochStats:
+    """What one pass of :func:`fit` did.
+
+    Attributes:
+        epoch: passes done so far (1 after the first pass).
+        loss: mean training loss of the pass.
+        acc: training accuracy of the pass.
+        lr: the learning rate the pass ran at.
+    """
+
+    epoch: int
+    loss: float
+    acc: float
+    lr: float
+
+
+def decay_epoch(epochs: int) -> int:
+    """The 0-based pass after which the original code multiplies the lr by 0.1.
+
+    Both ``buffer.py`` and ``evaluate_synset`` use ``lr_schedule = [epochs // 2 + 1]``.
+    """
+    return int(epochs) // 2 + 1
+
+
+def sgd(
+    net: nn.Module, momentum: float = 0.0, weight_decay: float = 0.0
+) -> Callable[[float], torch.optim.Optimizer]:
+    """An optimizer factory for :func:`fit`: ``lr -> torch.optim.SGD(net.parameters(), lr, ...)``.
+
+    Args:
+        net: the model whose parameters are optimised.
+        momentum, weight_decay: SGD settings (defaults 0, 0).
+    """
+
+    def make(lr: float) -> torch.optim.Optimizer:
+        return torch.optim.SGD(
+            net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+        )
+
+    return make
+
+
+def fit(
+    net: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    make_optimizer: Callable[[float], torch.optim.Optimizer],
+    lr: float,
+    passes: int,
+    batch_size: int = 256,
+    dsa_strategy: str | None = None,
+    generator: torch.Generator | None = None,
+    decay_after: int | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> EpochStats:
+    """The training loop: ``passes`` calls of :func:`train_epoch` with an optional lr decay.
+
+    After the 0-based pass ``decay_after`` (the original's ``lr_schedule``, see
+    :func:`decay_epoch`) the lr is multiplied by 0.1 and the optimizer rebuilt with
+    ``make_optimizer`` (its state, e.g. momentum, starts afresh, as in the original).
+
+    Args:
+        net: model on the device of ``images``.
+        images: (N, C, H, W) float.
+        labels: (N,) int64 or (N, K) float probabilities.
+        make_optimizer: ``lr -> optimizer`` over ``net``'s parameters (e.g. :func:`sgd`).
+        lr: the initial learning rate (> 0).
+        passes: number of passes over the data (>= 1).
+        batch_size: mini-batch size (default 256).
+        dsa_strategy: DSA groups for every batch; ``None`` / ``"none"`` trains without.
+        generator: source of the shuffles and DSA draws (default: torch's global RNG).
+        decay_after: 0-based pass after which the lr decays; ``None``: no decay.
+        on_epoch: called after every pass (before the decay) with its :class:`EpochStats`;
+            an exception it raises stops the loop.
+
+    Returns:
+        The :class:`EpochStats` of the last pass.
+    """
+    lr = float(lr)
+    if not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr must be a finite positive number, got {lr!r}")
+    if int(passes) < 1:
+        raise ValueError(f"passes must be >= 1, got {passes!r}")
+    opt = make_optimizer(lr)
+    stats = EpochStats(0, 0.0, 0.0, lr)
+    for ep in range(int(passes)):
+        loss, acc = train_epoch(net, images, labels, opt, batch_size, dsa_strategy, generator)
+        stats = EpochStats(ep + 1, loss, acc, lr)
+        if on_epoch is not None:
+            on_epoch(stats)
+        if decay_after is not None and ep == decay_after:
+            lr *= 0.1
+            opt = make_optimizer(lr)
+    return stats
+
+
 def train_and_test(
     net: nn.Module,
     train_images: torch.Tensor,
@@ -197,27 +309,24 @@ def train_and_test(
             f"{tuple(test_images.shape[1:])} differ in (C, H, W)"
         )
     net = net.to(train_images.device)
-
-    def make_opt(rate: float) -> torch.optim.Optimizer:
-        return torch.optim.SGD(
-            net.parameters(), lr=rate, momentum=momentum, weight_decay=weight_decay
-        )
-
-    lr0 = lr
-    opt = make_opt(lr)
-    loss = acc = 0.0
-    for ep in range(int(epochs) + 1):  # evaluate_synset: range(Epoch + 1)
-        loss, acc = train_epoch(
-            net, train_images, train_labels, opt, batch_size, dsa_strategy, generator
-        )
-        if decay_at_half and ep == int(epochs) // 2 + 1:  # lr_schedule = [Epoch // 2 + 1]
-            lr *= 0.1
-            opt = make_opt(lr)
+    epochs = int(epochs)
+    last = fit(
+        net,
+        train_images,
+        train_labels,
+        sgd(net, momentum, weight_decay),
+        lr,
+        epochs + 1,  # evaluate_synset: range(Epoch + 1)
+        batch_size,
+        dsa_strategy,
+        generator,
+        decay_after=decay_epoch(epochs) if decay_at_half else None,
+    )
     test_acc = evaluate_accuracy(net, test_images, test_labels)
     return {
-        "train_acc": acc,
-        "train_loss": loss,
+        "train_acc": last.acc,
+        "train_loss": last.loss,
         "test_acc": test_acc,
-        "lr": lr0,
+        "lr": lr,
         "epochs": int(epochs),
     }

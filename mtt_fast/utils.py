@@ -13,8 +13,10 @@ import json
 import math
 import os
 import random
+import re
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -24,14 +26,18 @@ import torch
 
 __all__ = [
     "atomic_open",
+    "atomic_publish",
     "atomic_save",
     "atomic_write_text",
     "atomic_write_json",
     "image_grid",
     "save_image_grid",
     "MetricsWriter",
+    "fsync_dir",
+    "pid_temp_path",
     "read_json",
     "read_jsonl",
+    "remove_dead_temps",
     "rng_state",
     "set_rng_state",
     "to_jsonable",
@@ -267,3 +273,121 @@ def set_rng_state(state: dict, generators: dict[str, torch.Generator] | None = N
         if k not in saved:
             raise KeyError(f"checkpoint has no state for generator {k!r}")
         g.set_state(saved[k])
+
+
+# ----------------------------------------------------------------------------- shared folders
+# Files that several processes may write into one folder (a trajectory store): temporary
+# names carry the writer's pid, so a later process can tell a dead writer's leftover.
+
+_PID_TMP_RE = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{12}$")
+
+
+def pid_temp_path(path: str | os.PathLike) -> Path:
+    """A temporary name beside ``path`` that records this process: ``.NAME.tmp-PID-HEX``."""
+    path = Path(path)
+    return path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a folder's entries (a rename, a new link) durable; a no-op where unsupported."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_publish(
+    write: Callable[[IO[bytes]], None],
+    path: str | os.PathLike,
+    overwrite: bool = True,
+    next_name: Callable[[Path], Path] | None = None,
+) -> Path:
+    """Write a file whole under a :func:`pid_temp_path` name, then move it into place.
+
+    The bytes are flushed and fsync'ed before the move and the folder afterwards. A killed
+    writer leaves at worst its temporary file, which :func:`remove_dead_temps` removes.
+
+    Args:
+        write: called once with the open binary temporary file.
+        path: destination; its folder must exist.
+        overwrite: ``True``: replace ``path`` (``os.replace``). ``False``: never replace an
+            existing file (published with a hard link, or a rename where the file system
+            has no hard links).
+        next_name: with ``overwrite=False``, the name to try after a taken one (e.g. the
+            next expert index); without it a taken name raises ``FileExistsError``.
+
+    Returns:
+        The path the file was published under.
+
+    Raises:
+        FileExistsError: ``overwrite=False``, ``path`` exists and no ``next_name``.
+    """
+    path = Path(path)
+    tmp = pid_temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            while True:
+                try:
+                    os.link(tmp, path)  # fails if path exists: a concurrent writer's file stays
+                    break
+                except FileExistsError:
+                    if next_name is None:
+                        raise
+                    path = next_name(path)
+                except OSError:  # no hard links here
+                    if path.exists():
+                        if next_name is None:
+                            raise FileExistsError(f"{path} already exists") from None
+                        path = next_name(path)
+                        continue
+                    os.replace(tmp, path)
+                    break
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fsync_dir(path.parent)
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but not ours, or unsupported: leave its file alone
+        return True
+    return True
+
+
+def remove_dead_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the :func:`pid_temp_path` files in ``folder`` whose writer process is gone.
+
+    Files of live processes (and of this one) are kept.
+
+    Returns:
+        The files removed.
+    """
+    removed = []
+    for p in Path(folder).iterdir():
+        m = _PID_TMP_RE.match(p.name)
+        if m and not _pid_alive(int(m.group(1))):
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed

@@ -18,3 +18,14 @@ if not torch.cuda.is_available():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def data_root():
+    """The project's real data folder, ``../shared/data`` beside the repository (skips if absent)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if not root.is_dir():
+        pytest.skip(f"real data folder {root} is absent (the repository's ../shared/data)")
+    return root

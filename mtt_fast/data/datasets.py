@@ -2,72 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mtt_fast.data import readers
+from mtt_fast.data import readers, registry
 
-KNOWN_DATASETS: tuple[str, ...] = (
-    "mnist",
-    "fashionmnist",
-    "cifar10",
-    "cifar100",
-    "svhn",
-    "tinyimagenet",
-    "imagefolder",
-    "digits",
-    "cifar10-subset",
-    "npz",
-)
-
-# The original MTT code's normalisation constants (utils.get_dataset).
+# Views of the registry kept for code written against them (the registry is the source).
+KNOWN_DATASETS: tuple[str, ...] = registry.names()
 MEAN_STD: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "mnist": ((0.1307,), (0.3081,)),
-    "fashionmnist": ((0.2861,), (0.3530,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    "cifar10-subset": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    # The original normalises CIFAR-100 with CIFAR-10's constants (utils.get_dataset), so
-    # its buffers expect that input scale; kept for fidelity (CIFAR-100's own statistics
-    # would be (0.5071, 0.4866, 0.4409) / (0.2673, 0.2564, 0.2762)).
-    "cifar100": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
-    "tinyimagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    e.name: (e.mean, e.std) for e in registry.entries() if e.mean is not None
 }
-
-_ALIASES = {
-    "fashion-mnist": "fashionmnist",
-    "fashion_mnist": "fashionmnist",
-    "tiny": "tinyimagenet",
-    "tiny-imagenet": "tinyimagenet",
-    "tiny_imagenet": "tinyimagenet",
-    "tiny-imagenet-200": "tinyimagenet",
-    "cifar10_subset": "cifar10-subset",
-    "cifar-10": "cifar10",
-    "cifar-100": "cifar100",
-    "image-folder": "imagefolder",
-    "image_folder": "imagefolder",
-}
+canonical_name = registry.canonical  # the older name of registry.canonical
 
 _SPLITS = {"train": "train", "test": "test", "val": "test"}
-_DEFAULT_ROOT_DATASETS = ("mnist", "cifar10-subset")
-
-
-def canonical_name(name: str) -> str:
-    """Map a dataset name (any case; original MTT names such as ``"CIFAR10"``, ``"Tiny"``
-    and aliases such as ``"fashion-mnist"``) to one of :data:`KNOWN_DATASETS`.
-
-    Raises:
-        ValueError: an unknown name; the message lists the known ones.
-    """
-    key = str(name).strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in KNOWN_DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN_DATASETS)}")
-    return key
 
 
 @dataclass(frozen=True)
@@ -192,50 +142,12 @@ def from_arrays(
                         tuple(mean), tuple(std), name, split)  # fmt: skip
 
 
-def _default_root(name: str) -> Path:
-    p = Path.cwd() / ".." / "shared" / "data"
-    if p.is_dir():
-        return p.resolve()
-    raise FileNotFoundError(
-        f"load_dataset({name!r}) was given no root and the default {p.resolve()} "
-        f"(../shared/data relative to the current folder) does not exist; pass root="
-    )
-
-
-def _image_folder_split(root: Path, split: str) -> Path:
-    """``<root>/<split>`` when it exists (``val`` also serves ``test``); for ``train``
-    without such a folder, ``<root>`` itself."""
-    names = ["train"] if split == "train" else ["test", "val"]
-    for n in names:
-        if (root / n).is_dir():
-            return root / n
-    if split == "train":
-        return root
-    raise FileNotFoundError(
-        f"image folder: no test split: expected the folder {root / 'test'} (or {root / 'val'})"
-    )
-
-
-def _read(name: str, root: Path | None, split: str) -> readers.Arrays:
-    table: dict[str, Callable[[], readers.Arrays]] = {
-        "mnist": lambda: readers.read_mnist(root, split, "MNIST"),
-        "fashionmnist": lambda: readers.read_mnist(root, split, "FashionMNIST"),
-        "cifar10": lambda: readers.read_cifar10(root, split),
-        "cifar100": lambda: readers.read_cifar100(root, split),
-        "cifar10-subset": lambda: readers.read_cifar10_subset(root, split),
-        "svhn": lambda: readers.read_svhn(root, split),
-        "tinyimagenet": lambda: readers.read_tiny_imagenet(root, split),
-        "imagefolder": lambda: readers.read_image_folder(_image_folder_split(root, split)),
-        "npz": lambda: readers.read_npz(root, split),
-        "digits": lambda: readers.read_digits(split),
-    }
-    return table[name]()
-
-
-def _stats_from_train(name: str, root: Path | None, split: str, images: np.ndarray):
+def _stats_from_train(
+    entry: registry.DatasetInfo, root: Path | None, split: str, images: np.ndarray
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if split != "train":
         try:
-            images = _read(name, root, "train")[0]
+            images = entry.reader(root, "train")[0]
         except (FileNotFoundError, ValueError):
             pass  # no train split beside this one: use this split's own statistics
     return channel_stats(images)
@@ -244,7 +156,8 @@ def _stats_from_train(name: str, root: Path | None, split: str, images: np.ndarr
 def load_dataset(name: str, root: str | Path | None = None, split: str = "train") -> ImageDataset:
     """Load one split of a dataset from its original files.
 
-    Layouts under ``root`` (torchvision's):
+    Layouts under ``root`` (torchvision's; :attr:`DatasetInfo.files` of each entry of
+    :mod:`mtt_fast.data.registry`):
 
     * ``mnist``: ``MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``
     * ``fashionmnist``: the same under ``FashionMNIST/raw/``
@@ -258,42 +171,41 @@ def load_dataset(name: str, root: str | Path | None = None, split: str = "train"
     * ``digits``: scikit-learn's bundled 8x8 digits; no root; 80/20 stratified split.
 
     Args:
-        name: one of :data:`KNOWN_DATASETS` (case-insensitive; original MTT names and
+        name: a dataset of :mod:`mtt_fast.data.registry` (any case; original MTT names and
             aliases such as ``"CIFAR10"``, ``"Tiny"``, ``"fashion-mnist"`` work).
-        root: data folder. Default for ``mnist`` and ``cifar10-subset``: ``../shared/data``
-            relative to the current folder, when it exists.
+        root: the data folder (the .npz file for ``npz``). Required for every dataset but
+            ``digits``; there is no default location.
         split: ``"train"`` or ``"test"`` (``"val"`` = ``"test"``; SVHN also ``"extra"``).
 
     Returns:
         :class:`ImageDataset` with ``images (N, C, H, W)`` uint8 (float32 only for float
-        npz data), ``labels (N,)`` int64, classes, and mean/std: the original MTT constants,
-        or (digits, imagefolder, npz) computed from the train split.
+        npz data), ``labels (N,)`` int64, classes, and mean/std: the registry's constants
+        (the original MTT ones), or (digits, imagefolder, npz) computed from the train split.
 
     Raises:
-        ValueError: unknown name (lists the known ones), unknown split, corrupt file.
+        ValueError: unknown name (lists the known ones), unknown split, no ``root`` for a
+            dataset that needs files (names the layout expected), corrupt file.
         FileNotFoundError: a missing file or folder, naming the path expected.
     """
-    key = canonical_name(name)
+    entry = registry.info(name)
+    key = entry.name
     s = str(split).lower()
-    if s in _SPLITS:
-        s = _SPLITS[s]
-    elif not (key == "svhn" and s == "extra"):
-        extra = ", extra" if key == "svhn" else ""
-        raise ValueError(f"unknown split {split!r} for {key!r}; choose train, test (or val){extra}")
-    if root is None:
-        if key in _DEFAULT_ROOT_DATASETS:
-            root_p: Path | None = _default_root(key)
-        elif key == "digits":
-            root_p = None
-        else:
-            what = "the .npz file" if key == "npz" else "the data folder"
-            raise ValueError(f"load_dataset({key!r}) needs root=: {what}")
+    s = _SPLITS.get(s, s)
+    if s not in entry.splits:
+        raise ValueError(
+            f"unknown split {split!r} for {key!r}; choose {', '.join(entry.splits)} (or val)"
+        )
+    if root is None and entry.needs_root:
+        raise ValueError(
+            f"load_dataset({key!r}) needs root=: the data folder holding {entry.files}"
+            if key != "npz"
+            else f"load_dataset({key!r}) needs root=: {entry.files}"
+        )
+    root_p = Path(root).expanduser() if root is not None else None
+    images, labels, classes = entry.reader(root_p, s)
+    if entry.mean is not None:
+        mean, std = entry.mean, entry.std
     else:
-        root_p = Path(root).expanduser()
-    images, labels, classes = _read(key, root_p, s)
-    if key in MEAN_STD:
-        mean, std = MEAN_STD[key]
-    else:
-        mean, std = _stats_from_train(key, root_p, s, images)
+        mean, std = _stats_from_train(entry, root_p, s, images)
     return ImageDataset(torch.from_numpy(images), torch.from_numpy(labels), list(classes),
                         tuple(mean), tuple(std), key, s)  # fmt: skip

@@ -447,6 +447,27 @@ def read_tiny_imagenet(root: str | Path, split: str = "train") -> Arrays:
     return load_images(paths, "RGB"), np.asarray(labels, dtype=np.int64), wnids
 
 
+def image_folder_split(root: str | Path, split: str) -> Path:
+    """The folder of one split of an ImageFolder dataset.
+
+    ``<root>/<split>`` when it exists (``val`` also serves ``test``); for ``train``
+    without such a folder, ``<root>`` itself.
+
+    Raises:
+        FileNotFoundError: no folder for a test split, naming the folders expected.
+    """
+    root = Path(root)
+    names = ["train"] if split == "train" else ["test", "val"]
+    for n in names:
+        if (root / n).is_dir():
+            return root / n
+    if split == "train":
+        return root
+    raise FileNotFoundError(
+        f"image folder: no test split: expected the folder {root / 'test'} (or {root / 'val'})"
+    )
+
+
 def read_image_folder(root: str | Path) -> Arrays:
     """An ImageFolder: ``<root>/<class>/*.{png,jpg,jpeg,bmp,ppm,pgm,tif,tiff,webp}``.
 

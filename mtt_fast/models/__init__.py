@@ -1,7 +1,8 @@
 """Networks of the original MTT / DC-bench code and a functional flat-parameter view.
 
 * :func:`get_model` builds a network by its original name (:data:`MODEL_NAMES`);
-  :func:`model_spec` gives the JSON-serialisable arguments that re-create it.
+  :func:`model_spec` gives the JSON-serialisable arguments that re-create it
+  with :func:`from_spec`.
 * :mod:`mtt_fast.models.functional` runs any model over one flat parameter vector
   (``torch.func.functional_call``), replacing the original's ReparamModule.
 """
@@ -18,7 +19,13 @@ from mtt_fast.models.functional import (
     unflatten,
 )
 from mtt_fast.models.networks import MLP, VGG, AlexNet, ConvNet, LeNet, ResNet
-from mtt_fast.models.registry import MODEL_NAMES, default_convnet, get_model, model_spec
+from mtt_fast.models.registry import (
+    MODEL_NAMES,
+    default_convnet,
+    from_spec,
+    get_model,
+    model_spec,
+)
 
 __all__ = [
     "MODEL_NAMES",
@@ -31,6 +38,7 @@ __all__ = [
     "ResNet",
     "default_convnet",
     "flatten",
+    "from_spec",
     "functional",
     "functional_forward",
     "get_model",

@@ -1,8 +1,9 @@
-"""Build networks by the original MTT / DC-bench names (``utils.get_network``)."""
+"""Build networks by the original MTT / DC-bench names (``utils.get_network``), and again
+from their JSON spec (:func:`model_spec` -> :func:`from_spec`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -185,3 +186,34 @@ def get_model(
         net = _OTHERS[name](spec["channels"], spec["num_classes"], size)
     net.spec = spec
     return net
+
+
+_SPEC_SHAPE_KEYS = ("name", "channels", "num_classes", "im_size")
+
+
+def from_spec(spec: Mapping[str, Any]) -> nn.Module:
+    """Build the network a :func:`model_spec` describes (its inverse).
+
+    Seed torch yourself for reproducible weights; the same spec and seed give the same
+    network as the ``get_model`` call that made the spec.
+
+    Args:
+        spec: ``{"name", "channels", "num_classes", "im_size"}`` plus, for the ConvNet
+            family, any of ``width``, ``depth``, ``act``, ``norm``, ``pooling``.
+
+    Returns:
+        The network (see :func:`get_model`), with ``model.spec`` attached.
+
+    Raises:
+        ValueError: a spec that is not a mapping, lacks a key, or names an unknown model
+            or option.
+    """
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"a model spec must be a mapping, got {type(spec).__name__}")
+    missing = [k for k in _SPEC_SHAPE_KEYS if k not in spec]
+    if missing:
+        raise ValueError(f"model spec {dict(spec)} lacks {missing}")
+    options = {k: v for k, v in spec.items() if k not in _SPEC_SHAPE_KEYS}
+    return get_model(
+        spec["name"], spec["channels"], spec["num_classes"], tuple(spec["im_size"]), **options
+    )

@@ -372,10 +372,16 @@ def test_unknown_name_and_split(tmp_path):
         load_dataset("cifar10")
 
 
-def test_default_root_missing(tmp_path, monkeypatch):
+def test_no_default_root(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"shared.data"):
+    (tmp_path.parent / "shared" / "data").mkdir(parents=True, exist_ok=True)  # not looked at
+    with pytest.raises(ValueError) as e:
         load_dataset("mnist")
+    msg = str(e.value)
+    assert "'mnist'" in msg and "MNIST/raw/" in msg and "\n" not in msg
+    with pytest.raises(ValueError, match=r"needs root=: the \.npz file"):
+        load_dataset("npz", split="test")
+    assert len(load_dataset("digits")) > 0  # digits needs no files
 
 
 def test_digits_split():

@@ -1,4 +1,5 @@
-"""train_experts on a tiny problem: snapshots, log, resume, refusal of other settings."""
+"""train_experts on a tiny problem: snapshots, log, resume, refusal of other settings, and
+the one training loop it shares with evaluation (training.fit)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import pytest
 import torch
 
 import mtt_fast
+from mtt_fast import training
 from mtt_fast.data import Prepared, prepare
-from mtt_fast.experts import train_experts
+from mtt_fast.experts import StoreMeta, TrajectoryStore, train_experts
 from mtt_fast.models import flatten, get_model
-from mtt_fast.store import TrajectoryStore
 
 KW = {"width": 8, "depth": 2}
 
@@ -57,9 +58,13 @@ def test_train_and_resume(tmp_path, tiny):
     store = _run(out, tiny, 2, progress=True)  # resumes with expert 1
     assert store.num_experts == 2 and store.epochs == 2
     meta = store.meta
-    assert meta["model"] == "ConvNet" and meta["dataset"] == "digits" and meta["zca"] is False
-    assert meta["model_spec"]["width"] == 8 and meta["lr"] == 0.05 and meta["seed"] == 3
-    assert meta["im_size"] == [8, 8] and meta["channels"] == 1 and meta["num_classes"] == 10
+    assert isinstance(meta, StoreMeta) and meta.model_name == "ConvNet"
+    assert meta.dataset == "digits" and meta.zca is False and meta.preprocessing.zca_eps is None
+    assert meta.model["width"] == 8 and meta.training.lr == 0.05 and meta.training.seed == 3
+    assert meta.training.dsa_strategy == mtt_fast.augment.DEFAULT_STRATEGY
+    assert meta.im_size == (8, 8) and meta.channels == 1 and meta.num_classes == 10
+    assert meta.preprocessing.mean == tuple(tiny.mean) and meta.classes == tuple(tiny.classes)
+    assert meta["lr"] == 0.05 and meta["zca"] is False  # the flat keys of before still read
 
     lines = [json.loads(s) for s in (out / "log.jsonl").read_text().splitlines()]
     assert [(r["expert"], r["epoch"]) for r in lines[-2:]] == [(1, 1), (1, 2)]
@@ -74,10 +79,11 @@ def test_train_and_resume(tmp_path, tiny):
     assert np.abs(np.diff(traj, axis=0)).sum(1).min() > 0
     store.check_model(get_model("ConvNet", 1, 10, (8, 8), **KW))
 
-    # the top-level names resolve through experts.py / store.py
+    # the top-level names resolve to the experts package (mtt_fast.store re-exports it)
     assert mtt_fast.train_experts is train_experts
-    assert mtt_fast.TrajectoryStore is TrajectoryStore
-    assert mtt_fast.import_buffers is mtt_fast.store.import_buffers
+    assert mtt_fast.TrajectoryStore is TrajectoryStore is mtt_fast.store.TrajectoryStore
+    assert mtt_fast.import_buffers is mtt_fast.experts.import_buffers
+    assert mtt_fast.store.import_buffers is mtt_fast.experts.import_buffers
 
     before = store.expert(0).copy()
     store = _run(out, tiny, 2)  # nothing to do
@@ -88,3 +94,55 @@ def test_train_and_resume(tmp_path, tiny):
         _run(out, tiny, 3, lr=0.1)
     with pytest.raises(ValueError, match=r"width"):
         _run(out, tiny, 3, model_kwargs={"width": 4, "depth": 2})
+    with pytest.raises(ValueError, match=r"dsa_strategy: store has '[a-z_]+', asked 'none'"):
+        _run(out, tiny, 3, dsa=False)
+
+
+def _reference_expert(tiny, seed, epochs, lr, momentum, batch_size, decay):
+    """The expert loop as written before it moved into training.fit (buffer.py's)."""
+    torch.manual_seed(seed)
+    net = get_model("ConvNet", 1, 10, (8, 8), **KW)
+    gen = torch.Generator().manual_seed(seed)
+    snaps = [flatten(net).clone()]
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
+    for e in range(epochs):
+        training.train_epoch(net, tiny.train_images, tiny.train_labels, opt, batch_size,
+                             mtt_fast.augment.DEFAULT_STRATEGY, gen)  # fmt: skip
+        snaps.append(flatten(net).clone())
+        if decay and e == epochs // 2 + 1:
+            lr *= 0.1
+            opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
+    return torch.stack(snaps)
+
+
+@pytest.mark.parametrize("decay", [False, True])
+def test_experts_are_bit_identical_to_the_loop_before_fit(tmp_path, tiny, decay):
+    recs: list[dict] = []
+    store = _run(tmp_path / "s", tiny, 1, epochs=5, lr=0.1, momentum=0.5, lr_decay=decay,
+                 log=recs.append)  # fmt: skip
+    want = _reference_expert(tiny, 3, 5, 0.1, 0.5, 64, decay)
+    assert torch.equal(torch.from_numpy(np.array(store.expert(0))), want)
+    assert [r["lr"] for r in recs] == pytest.approx([0.1] * 5 if not decay else [0.1] * 4 + [0.01])
+    assert store.meta.training.lr_decay is decay and store.meta.training.momentum == 0.5
+
+
+def test_fit_runs_passes_decays_once_and_reports():
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    x, y = torch.randn(8, 1, 2, 2), torch.tensor([0, 1] * 4)
+    seen: list[training.EpochStats] = []
+    last = training.fit(net, x, y, training.sgd(net, momentum=0.9), 1.0, 6, batch_size=4,
+                        decay_after=training.decay_epoch(5), on_epoch=seen.append)  # fmt: skip
+    assert [s.epoch for s in seen] == [1, 2, 3, 4, 5, 6] and last == seen[-1]
+    assert [s.lr for s in seen] == pytest.approx([1.0] * 4 + [0.1] * 2)  # after pass 5 // 2 + 1
+    assert all(0 <= s.acc <= 1 and s.loss >= 0 for s in seen)
+    assert training.decay_epoch(50) == 26
+    with pytest.raises(ValueError, match="passes must be >= 1, got 0"):
+        training.fit(net, x, y, training.sgd(net), 1.0, 0)
+    with pytest.raises(ValueError, match="lr must be a finite positive number, got nan"):
+        training.fit(net, x, y, training.sgd(net), float("nan"), 1)
+    with pytest.raises(KeyboardInterrupt):  # a callback stops the loop
+        training.fit(net, x, y, training.sgd(net), 1.0, 3, on_epoch=_stop)
+
+
+def _stop(stats):
+    raise KeyboardInterrupt

@@ -1,17 +1,26 @@
-"""TrajectoryStore: round trip, lazy reads, atomic writes, refusals, buffer import."""
+"""TrajectoryStore: round trip, lazy reads, atomic writes, refusals, typed metadata, stores of
+format version 1, buffer import."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from mtt_fast.experts import (
+    ExpertTraining,
+    Preprocessing,
+    StoreMeta,
+    TrajectoryStore,
+    import_buffers,
+)
 from mtt_fast.models import get_model
 from mtt_fast.models.functional import ParamLayout, flatten, layout
-from mtt_fast.store import TrajectoryStore, import_buffers
 
 LAYOUT = ParamLayout(("a.weight", "a.bias"), ((3, 4), (3,)))  # P = 15
 
@@ -129,16 +138,16 @@ def test_missing_and_corrupt_files_name_the_path(tmp_path):
         TrajectoryStore.open(tmp_path)
 
 
-def _tiny():
-    return get_model("ConvNet", 1, 3, (8, 8), width=4, depth=1)
+def _tiny(num_classes: int = 3):
+    return get_model("ConvNet", 1, num_classes, (8, 8), width=4, depth=1)
 
 
-def _original_buffer(n_experts: int, epochs: int) -> list:
+def _original_buffer(n_experts: int, epochs: int, num_classes: int = 3) -> list:
     """Experts as the original buffer.py saves them: lists of per-layer tensors."""
     experts = []
     for e in range(n_experts):
         torch.manual_seed(e)
-        net = _tiny()
+        net = _tiny(num_classes)
         snaps = []
         for _ in range(epochs + 1):
             snaps.append([p.detach().cpu().clone() for p in net.parameters()])
@@ -161,8 +170,12 @@ def test_import_original_buffers(tmp_path):
     )  # fmt: skip
     assert store.num_experts == 3 and store.epochs == 3
     meta = json.loads((tmp_path / "store" / "meta.json").read_text())
-    assert meta["model"] == "ConvNet" and meta["lr"] == 0.01 and meta["im_size"] == [8, 8]
-    assert meta["model_spec"]["width"] == 4
+    assert meta["format_version"] == 2 and meta["training"]["lr"] == 0.01
+    assert meta["model"]["name"] == "ConvNet" and meta["model"]["im_size"] == [8, 8]
+    assert meta["model"]["width"] == 4 and "model_spec" not in meta and "zca" not in meta
+    assert meta["preprocessing"]["zca"] is False and len(meta["imported_from"]) == 2
+    assert store.meta.training == ExpertTraining(lr=0.01)  # only what the importer was told
+    assert store.meta.preprocessing.mean is None  # digits' statistics are not constants
     assert store.layout == layout(_tiny())
     flat = [torch.cat([p.reshape(-1) for p in snap]) for snap in bufs[0][1]]
     torch.testing.assert_close(store.params(1, 2), flat[2])
@@ -192,3 +205,229 @@ def test_import_refuses_arbitrary_pickles(tmp_path):
         import_buffers([f], tmp_path / "s", "ConvNet", "digits", 1, 3, 8,
                        model_kwargs={"width": 4, "depth": 1})  # fmt: skip
     assert not (tmp_path / "s" / "meta.json").exists()
+
+
+def test_import_takes_the_shape_from_the_dataset_registry(tmp_path):
+    f = tmp_path / "replay_buffer_0.pt"
+    torch.save(_original_buffer(1, 2, num_classes=10), f)
+    kw = {"model_kwargs": {"width": 4, "depth": 1}}
+    store = import_buffers(f, tmp_path / "s", "ConvNet", "Digits", seed=7, source="paper", **kw)
+    m = store.meta
+    assert (m.channels, m.num_classes, m.im_size, m.dataset) == (1, 10, (8, 8), "digits")
+    assert m.training == ExpertTraining(seed=7) and m.extra == {"source": "paper"}
+    assert m.preprocessing == Preprocessing()  # digits: statistics computed, not constants
+    store.build_model()  # the spec rebuilds the imported layout
+    with pytest.raises(ValueError, match=r"dataset 'mine' is not in the dataset registry: give"):
+        import_buffers(f, tmp_path / "t", "ConvNet", "mine", **kw)
+    with pytest.raises(ValueError, match=r"dataset 'npz' has no fixed shape: give channels"):
+        import_buffers(f, tmp_path / "t", "ConvNet", "npz", **kw)
+    assert not (tmp_path / "t").exists()
+    # explicit shapes win; ZCA records its eps and no mean/std; the MNIST constants otherwise
+    z = import_buffers(f, tmp_path / "z", "ConvNet", "cifar10", 1, 10, 8, zca=True, **kw)
+    assert z.meta.preprocessing == Preprocessing(zca=True, zca_eps=0.1)
+    mn = import_buffers(f, tmp_path / "m", "ConvNet", "MNIST", 1, 10, 8, **kw)
+    assert mn.meta.preprocessing == Preprocessing(mean=(0.1307,), std=(0.3081,))
+    assert mn.meta.dataset == "mnist"
+
+
+# ------------------------------------------------------------------ typed metadata
+
+
+def _spec_meta(**kw) -> StoreMeta:
+    net = _tiny(10)
+    args = dict(epochs=2, layout=layout(net), model=net.spec, dataset="Digits",
+                classes=[str(i) for i in range(10)],
+                training=ExpertTraining(lr=0.01, batch_size=256, dsa_strategy="none", seed=0))  # fmt: skip
+    args.update(kw)
+    return StoreMeta(**args)
+
+
+def test_store_meta_round_trip_and_facts_once(tmp_path):
+    m = _spec_meta(preprocessing=Preprocessing(zca=True, zca_eps=0.1))
+    assert m.dataset == "digits" and m.num_params == layout(_tiny(10)).num_params
+    assert (m.model_name, m.channels, m.num_classes, m.im_size) == ("ConvNet", 1, 10, (8, 8))
+    assert m.model_kwargs == {"width": 4, "depth": 1, "act": "relu", "norm": "instancenorm",
+                              "pooling": "avgpooling"}  # fmt: skip
+    assert StoreMeta.from_json(m.to_json()) == m
+    d = json.loads(m.to_json())
+    assert sorted(d) == ["classes", "dataset", "epochs", "extra", "format", "format_version",
+                         "imported_from", "layout", "model", "preprocessing", "training",
+                         "version"]  # fmt: skip
+    assert m.to_json().count('"zca"') == 1 and "num_params" not in d  # derived from the layout
+    store = TrajectoryStore.create(tmp_path, m)
+    assert TrajectoryStore.open(tmp_path).meta == m
+    # the flat keys of format version 1 still read
+    assert m["zca"] is True and m.get("model") == "ConvNet" and m["model_spec"] == dict(m.model)
+    assert m["lr"] == 0.01 and m["dsa"] is False and m.get("dsa_strategy") is None
+    assert m.get("momentum", 0.5) == 0.5 and "momentum" not in m
+    with pytest.raises(KeyError):
+        m["momentum"]
+    # models are rebuilt from the stored spec
+    net = store.build_model()
+    assert layout(net) == m.layout and net.spec == dict(m.model)
+    with pytest.raises(TypeError):
+        m.model["width"] = 8  # read-only
+
+
+def test_store_meta_refuses_bad_values():
+    with pytest.raises(ValueError, match=r"'epochs' >= 1, got 0"):
+        _spec_meta(epochs=0)
+    with pytest.raises(ValueError, match=r"num_params=3 disagrees with its layout"):
+        _spec_meta(num_params=3)
+    with pytest.raises(ValueError, match="needs a parameter 'layout'"):
+        StoreMeta(epochs=2)
+    with pytest.raises(ValueError, match=r"model must be a model spec with a 'name'"):
+        _spec_meta(model={"width": 3})
+    with pytest.raises(ValueError, match="3 class names for a model with 10 classes"):
+        _spec_meta(classes=["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"unknown preprocessing key\(s\) \['whiten'\]"):
+        _spec_meta(preprocessing={"whiten": True})
+    with pytest.raises(ValueError, match=r"lr must be > 0, got -1"):
+        ExpertTraining(lr=-1)
+    with pytest.raises(ValueError, match=r"zca must be a bool, got 'yes'"):
+        Preprocessing(zca="yes")
+    d = _spec_meta().to_dict()
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['zca'\] in format version 2"):
+        StoreMeta.from_dict({**d, "zca": True})
+    with pytest.raises(ValueError, match=r"format_version 3 is newer .* upgrade mtt-fast"):
+        StoreMeta.from_dict({**d, "format_version": 3})
+    with pytest.raises(ValueError, match=r"not a mtt-fast-trajectories store"):
+        StoreMeta.from_dict({**d, "format": "other"})
+
+
+def test_newer_format_is_refused_naming_the_file(tmp_path):
+    TrajectoryStore.create(tmp_path, _spec_meta())
+    d = json.loads((tmp_path / "meta.json").read_text())
+    (tmp_path / "meta.json").write_text(json.dumps({**d, "format_version": 9}))
+    with pytest.raises(ValueError, match=r"meta.json: store format_version 9 .* upgrade mtt-fast"):
+        TrajectoryStore.open(tmp_path)
+
+
+def test_build_model_needs_a_registry_spec(tmp_path):
+    store = TrajectoryStore.create(tmp_path, _meta())  # model "Toy": no spec to build from
+    with pytest.raises(ValueError, match=r"cannot build its model: model spec .* lacks"):
+        store.build_model()
+
+
+def test_resume_refusal_names_the_spec_option(tmp_path):
+    TrajectoryStore.create(tmp_path, _spec_meta())
+    net8 = get_model("ConvNet", 1, 10, (8, 8), width=8, depth=1)
+    asked = _spec_meta(model=net8.spec, layout=layout(net8))
+    with pytest.raises(ValueError) as e:
+        TrajectoryStore.open(tmp_path, expect=asked)
+    msg = str(e.value)
+    assert "model width: store has 4, asked 8" in msg and "layout: store has" in msg
+    assert "ConvNet on digits (zca=False)" in msg and "\n" not in msg
+    TrajectoryStore.open(tmp_path, expect=_spec_meta(classes=None, version="other"))  # ok
+
+
+# ------------------------------------------------------------------ stores of format version 1
+
+
+def _write_v1_store(path, lr=0.01, n_experts=1):
+    """A store as the code before StoreMeta wrote it: the flat meta.json of format 1."""
+    net = _tiny(10)
+    lay = layout(net)
+    meta = {
+        "model": "ConvNet", "model_spec": net.spec, "dataset": "digits", "zca": False,
+        "epochs": 2, "lr": lr, "momentum": 0.0, "weight_decay": 0.0, "batch_size": 256,
+        "dsa": True, "dsa_strategy": "color_crop_cutout_flip_scale_rotate", "lr_decay": False,
+        "seed": 5, "num_params": lay.num_params, "layout": lay.to_dict(), "channels": 1,
+        "im_size": [8, 8], "num_classes": 10, "classes": [str(i) for i in range(10)],
+        "preprocessing": {"zca": False, "zca_eps": None, "mean": [0.3055], "std": [0.3759]},
+        "version": "0.1.0", "format": "mtt-fast-trajectories", "format_version": 1,
+    }  # fmt: skip
+    path.mkdir(parents=True)
+    (path / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    for i in range(n_experts):
+        np.save(path / f"expert_{i:05d}.npy", _traj(i, 2, lay.num_params))
+    return meta
+
+
+def test_version_1_store_opens_and_resumes_untouched(tmp_path):
+    from mtt_fast.experts import train_experts
+
+    old = tmp_path / "old"
+    raw = _write_v1_store(old)
+    before = (old / "meta.json").read_bytes()
+    store = TrajectoryStore.open(old)
+    m = store.meta
+    assert m.model == raw["model_spec"] and m.layout == ParamLayout.from_dict(raw["layout"])
+    assert m.num_params == raw["num_params"] and not m.zca and m.dataset == "digits"
+    assert m.training == ExpertTraining(0.01, 0.0, 0.0, 256, raw["dsa_strategy"], False, 5)
+    assert m.preprocessing == Preprocessing(mean=(0.3055,), std=(0.3759,)) and m.extra == {}
+    for k in ("model", "zca", "lr", "dsa", "dsa_strategy", "seed", "layout", "im_size"):
+        assert m[k] == raw[k], k
+    np.testing.assert_array_equal(store.expert(0), _traj(0, 2, m.num_params))
+    store.check_model(store.build_model())
+    # today's train_experts resumes it with the same settings: the file stays as it was
+    kw = dict(num_experts=2, epochs=2, batch_size=256, seed=5, progress=False,
+              model_kwargs={"width": 4, "depth": 1})  # fmt: skip
+    resumed = train_experts(out=old, **kw)
+    assert resumed.num_experts == 2 and (old / "meta.json").read_bytes() == before
+    fresh = train_experts(out=tmp_path / "new", **kw)
+    np.testing.assert_array_equal(resumed.expert(1), fresh.expert(1))  # expert 1 is expert 1
+    with pytest.raises(ValueError, match=r"lr: store has 0.01, asked 0.02"):
+        train_experts(out=old, **{**kw, "num_experts": 3, "lr": 0.02})
+    # the flat keys of an imported v1 store (extra facts kept, dsa off -> "none")
+    imp = tmp_path / "imp"
+    raw = _write_v1_store(imp)
+    raw.update(dsa=False, dsa_strategy=None, imported_from=["a.pt"], note="x")
+    (imp / "meta.json").write_text(json.dumps(raw))
+    m = TrajectoryStore.open(imp).meta
+    assert m.training.dsa_strategy == "none" and m.imported_from == ("a.pt",)
+    assert m.extra == {"note": "x"} and m["dsa"] is False
+
+
+REAL_STORE = Path(__file__).resolve().parents[2].parent / "runs" / "mnist-w128" / "buffers"
+
+
+def test_a_real_store_of_format_1_reads(tmp_path):
+    """A store being written by the code of before StoreMeta: copied, never touched."""
+    first = REAL_STORE / "expert_00000.npy"
+    if not first.is_file():
+        pytest.skip(f"no real store with a finished expert at {REAL_STORE}")
+    for name in ("meta.json", first.name):
+        shutil.copyfile(REAL_STORE / name, tmp_path / name)
+    store = TrajectoryStore.open(tmp_path)
+    assert store.meta.dataset == "mnist" and store.meta.im_size == (28, 28)
+    assert store.num_experts == 1 and store.expert(0).shape == (store.epochs + 1, store.num_params)
+    net = store.build_model()
+    assert flatten(net).shape == store.params(0, 0).shape
+
+
+# ------------------------------------------------------------------ atomic files of many writers
+
+
+def test_concurrent_create_and_publish(tmp_path):
+    from mtt_fast.utils import atomic_publish, pid_temp_path, remove_dead_temps
+
+    TrajectoryStore.create(tmp_path / "s", _spec_meta())
+    with pytest.raises(FileExistsError, match="already exists"):
+        TrajectoryStore.create(tmp_path / "s", _spec_meta(epochs=3))
+    assert TrajectoryStore.open(tmp_path / "s").epochs == 2
+
+    def put(text):
+        return lambda f: f.write(text)
+
+    dest = tmp_path / "a.txt"
+    assert atomic_publish(put(b"one"), dest, overwrite=False) == dest
+    with pytest.raises(FileExistsError):
+        atomic_publish(put(b"two"), dest, overwrite=False)
+    nxt = atomic_publish(
+        put(b"two"), dest, overwrite=False, next_name=lambda p: p.with_suffix(".b")
+    )
+    assert dest.read_bytes() == b"one" and nxt.read_bytes() == b"two"
+    atomic_publish(put(b"three"), dest)
+    assert dest.read_bytes() == b"three"
+    mine = pid_temp_path(tmp_path / "x.npy")
+    mine.write_bytes(b"")
+    dead = tmp_path / ".x.npy.tmp-999999999-0123456789ab"
+    dead.write_bytes(b"")
+    other = tmp_path / ".x.npy.1234.tmp"  # not a pid-tagged name: never touched
+    other.write_bytes(b"")
+    assert remove_dead_temps(tmp_path) == [dead]
+    assert mine.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted(
+        [mine.name, other.name]
+    )

@@ -2,8 +2,9 @@
 
 Protocol (defaults as the original): a fresh model per expert, SGD lr 0.01 with no
 momentum and no weight decay, batch 256, DSA on every real batch, a flat snapshot before
-training and after every epoch, optionally lr x0.1 after half of the epochs. Every
-finished expert is written atomically, so re-running the same command resumes.
+training and after every epoch, optionally lr x0.1 after epoch ``epochs // 2 + 1``. The
+epochs run in :func:`mtt_fast.training.fit`, the loop evaluation uses too. Every finished
+expert is written atomically, so re-running the same command resumes.
 """
 
 from __future__ import annotations
@@ -17,31 +18,12 @@ from typing import Any
 
 import torch
 
-from mtt_fast._version import __version__
-from mtt_fast.augment import DEFAULT_STRATEGY
-from mtt_fast.store import META, TrajectoryStore, import_buffers
-from mtt_fast.training import evaluate_accuracy, train_epoch
+from mtt_fast import training
+from mtt_fast.augment import DEFAULT_STRATEGY, parse_strategy
+from mtt_fast.experts.meta import ExpertTraining, Preprocessing, StoreMeta
+from mtt_fast.experts.store import META, TrajectoryStore
 
-__all__ = ["train_experts", "import_buffers", "TrajectoryStore"]
-
-# settings that must agree between a store and a run that resumes it
-_RESUME_KEYS = (
-    "model",
-    "model_spec",
-    "dataset",
-    "zca",
-    "epochs",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "batch_size",
-    "dsa",
-    "dsa_strategy",
-    "lr_decay",
-    "seed",
-    "num_params",
-    "layout",
-)
+__all__ = ["train_experts"]
 
 
 def _flat_params(net: torch.nn.Module) -> torch.Tensor:
@@ -78,7 +60,7 @@ def train_experts(
 
     Args:
         dataset: dataset name for :func:`mtt_fast.data.prepare` (default ``"digits"``).
-        root: data folder passed to ``prepare``.
+        root: data folder passed to ``prepare`` (needed by every dataset but ``digits``).
         model: model name (``mtt_fast.models.MODEL_NAMES``).
         num_experts: total experts wanted in the store (existing ones count).
         epochs: epochs per expert; each expert has ``epochs + 1`` snapshots.
@@ -96,7 +78,8 @@ def train_experts(
         progress: show a tqdm bar with train / test accuracy.
         data: a :class:`mtt_fast.data.Prepared` to reuse instead of loading ``dataset``.
         log: called with every per-epoch record (dict) besides the JSON log.
-        model_kwargs: ConvNet-family overrides for ``get_model`` (e.g. ``{"width": 16}``).
+        model_kwargs: ConvNet-family overrides for ``get_model`` (e.g. ``{"width": 16}``);
+            the resolved :func:`mtt_fast.models.model_spec` is stored.
 
     Returns:
         The :class:`TrajectoryStore` at ``out`` holding ``num_experts`` experts.
@@ -106,7 +89,6 @@ def train_experts(
     """
     from mtt_fast import data as _data
     from mtt_fast import models as _models
-    from mtt_fast.models.functional import layout as _layout
 
     if num_experts < 0 or epochs < 1:
         raise ValueError(f"need num_experts >= 0 and epochs >= 1, got {num_experts}, {epochs}")
@@ -122,48 +104,44 @@ def train_experts(
     train_y = data.train_labels.to(device)
     test_x = data.test_images.to(device)
     test_y = data.test_labels.to(device)
-    kw = dict(model_kwargs or {})
-    spec = _models.model_spec(model, data.channels, data.num_classes, data.im_size, **kw)
-    probe = _models.get_model(model, data.channels, data.num_classes, data.im_size, **kw)
-    lay = _layout(probe)
-    del probe
+    spec = _models.model_spec(
+        model, data.channels, data.num_classes, data.im_size, **dict(model_kwargs or {})
+    )
+    lay = _models.layout(_models.from_spec(spec))
+    strategy = dsa_strategy if dsa and parse_strategy(dsa_strategy) else None
     zca_eps = getattr(getattr(data, "zca", None), "eps", None)
-    settings = {
-        "model": model,
-        "model_spec": spec,
-        "dataset": dataset,
-        "zca": bool(zca),
-        "epochs": int(epochs),
-        "lr": float(lr),
-        "momentum": float(momentum),
-        "weight_decay": float(weight_decay),
-        "batch_size": int(batch_size),
-        "dsa": bool(dsa),
-        "dsa_strategy": dsa_strategy if dsa else None,
-        "lr_decay": bool(lr_decay),
-        "seed": int(seed),
-        "num_params": lay.num_params,
-        "layout": lay.to_dict(),
-    }
+    mean, std = getattr(data, "mean", None), getattr(data, "std", None)
+    meta = StoreMeta(
+        epochs=int(epochs),
+        layout=lay,
+        model=spec,
+        dataset=dataset,
+        classes=list(data.classes),
+        preprocessing=Preprocessing(
+            zca=bool(zca),
+            zca_eps=zca_eps if zca else None,
+            mean=None if zca or not mean else tuple(mean),
+            std=None if zca or not std else tuple(std),
+        ),
+        training=ExpertTraining(
+            lr=float(lr),
+            momentum=float(momentum),
+            weight_decay=float(weight_decay),
+            batch_size=int(batch_size),
+            dsa_strategy=strategy or "none",
+            lr_decay=bool(lr_decay),
+            seed=int(seed),
+        ),
+    )
     out = Path(out)
-    if (out / META).exists():
-        store = TrajectoryStore.open(out, expect={k: settings[k] for k in _RESUME_KEYS})
-    else:
-        meta = dict(settings)
-        meta.update(
-            channels=data.channels,
-            im_size=list(data.im_size),
-            num_classes=data.num_classes,
-            classes=list(data.classes),
-            preprocessing={
-                "zca": bool(zca),
-                "zca_eps": zca_eps,
-                "mean": list(getattr(data, "mean", ()) or ()),
-                "std": list(getattr(data, "std", ()) or ()),
-            },
-            version=__version__,
-        )
-        store = TrajectoryStore.create(out, meta)
+    store = None
+    if not (out / META).exists():
+        try:
+            store = TrajectoryStore.create(out, meta)
+        except FileExistsError:  # another process made it meanwhile: resume it
+            store = None
+    if store is None:
+        store = TrajectoryStore.open(out, expect=meta)
     start = store.num_experts
     todo = max(num_experts - start, 0)
     bar = None
@@ -171,37 +149,27 @@ def train_experts(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=todo * epochs, desc=f"experts {start}->{num_experts}", unit="epoch")
-    strategy = dsa_strategy if dsa else None
+    decay_after = training.decay_epoch(epochs) if lr_decay else None  # buffer.py's lr_schedule
     try:
         with open(out / "log.jsonl", "a", encoding="utf-8") as logf:
             for i in range(start, num_experts):
                 torch.manual_seed(seed + i)
-                net = _models.get_model(
-                    model, data.channels, data.num_classes, data.im_size, **kw
-                ).to(device)
+                net = _models.from_spec(spec).to(device)
                 gen = torch.Generator(device=device).manual_seed(seed + i)
                 snaps = torch.empty(epochs + 1, lay.num_params, device=device)
                 snaps[0] = _flat_params(net)
-                cur_lr = float(lr)
-
-                def make_opt(rate: float, net=net) -> torch.optim.Optimizer:
-                    return torch.optim.SGD(
-                        net.parameters(), lr=rate, momentum=momentum, weight_decay=weight_decay
-                    )
-
-                opt = make_opt(cur_lr)
                 t0 = time.perf_counter()
-                for e in range(epochs):
-                    loss, acc = train_epoch(net, train_x, train_y, opt, batch_size, strategy, gen)
-                    test_acc = evaluate_accuracy(net, test_x, test_y)
-                    snaps[e + 1] = _flat_params(net)
+
+                def after_epoch(st: training.EpochStats, i=i, net=net, snaps=snaps, t0=t0) -> None:
+                    test_acc = training.evaluate_accuracy(net, test_x, test_y)
+                    snaps[st.epoch] = _flat_params(net)
                     rec = {
                         "expert": i,
-                        "epoch": e + 1,
-                        "train_loss": loss,
-                        "train_acc": acc,
+                        "epoch": st.epoch,
+                        "train_loss": st.loss,
+                        "train_acc": st.acc,
                         "test_acc": test_acc,
-                        "lr": cur_lr,
+                        "lr": st.lr,
                         "seconds": round(time.perf_counter() - t0, 3),
                     }
                     logf.write(json.dumps(rec) + "\n")
@@ -210,12 +178,23 @@ def train_experts(
                         log(rec)
                     if bar is not None:
                         bar.set_postfix(
-                            expert=i, train=f"{acc:.3f}", test=f"{test_acc:.3f}", refresh=False
+                            expert=i, train=f"{st.acc:.3f}", test=f"{test_acc:.3f}", refresh=False
                         )
                         bar.update(1)
-                    if lr_decay and e == epochs // 2 + 1:  # buffer.py's lr_schedule
-                        cur_lr *= 0.1
-                        opt = make_opt(cur_lr)
+
+                training.fit(
+                    net,
+                    train_x,
+                    train_y,
+                    training.sgd(net, momentum, weight_decay),
+                    lr,
+                    epochs,
+                    batch_size,
+                    strategy,
+                    gen,
+                    decay_after=decay_after,
+                    on_epoch=after_epoch,
+                )
                 store.add_expert(snaps.cpu())
     finally:
         if bar is not None:
