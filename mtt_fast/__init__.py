@@ -16,8 +16,8 @@ from mtt_fast._version import __version__  # noqa: F401
 _LAZY = {
     "matching": ("mtt_fast.matching", None),
     "train_experts": ("mtt_fast.experts", "train_experts"),
-    "import_buffers": ("mtt_fast.store", "import_buffers"),
-    "TrajectoryStore": ("mtt_fast.store", "TrajectoryStore"),
+    "import_buffers": ("mtt_fast.experts", "import_buffers"),
+    "TrajectoryStore": ("mtt_fast.experts", "TrajectoryStore"),
     "distill": ("mtt_fast.distillation", "distill"),
     "DistillResult": ("mtt_fast.distillation", "DistillResult"),
     "evaluate": ("mtt_fast.evaluation", "evaluate"),

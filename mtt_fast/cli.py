@@ -142,7 +142,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int)
     p.add_argument("--im-size", type=int)
     p.add_argument("--append", action="store_true")
-    p.add_argument("--data-path", "--root", dest="root", default=None)
 
     p = sub.add_parser("distill", help="distill a dataset from a trajectory store")
     _add_run(p, None)
@@ -294,29 +293,14 @@ def _cmd_buffer(a: argparse.Namespace) -> int:
     return 0
 
 
-def _dataset_shape(name: str, root) -> tuple[int, int, int]:
-    from mtt_fast.data import dataset_info
-
-    info = dataset_info(name)
-    if info.im_size is not None:
-        return info.channels, info.num_classes, info.im_size[0]
-    from mtt_fast.data import load_dataset
-
-    ds = load_dataset(name, root=root, split="train")
-    return int(ds.images.shape[1]), len(ds.classes), int(ds.images.shape[2])
-
-
 def _cmd_import(a: argparse.Namespace) -> int:
     from mtt_fast.experts import import_buffers
 
-    shape = (a.channels, a.num_classes, a.im_size)
-    if not all(shape):
-        c, k, s = _dataset_shape(a.dataset, a.root)
-        shape = (a.channels or c, a.num_classes or k, a.im_size or s)
     kw = {n: v for n, v in (("width", a.width), ("depth", a.depth)) if v is not None}
     store = import_buffers(
-        a.files, a.out, a.model, a.dataset, *shape, zca=a.zca, model_kwargs=kw, append=a.append
-    )
+        a.files, a.out, a.model, a.dataset, a.channels, a.num_classes, a.im_size,
+        zca=a.zca, model_kwargs=kw, append=a.append,
+    )  # fmt: skip
     _print(f"{store!r}")
     return 0
 

@@ -137,7 +137,7 @@ def run(
     """
     from mtt_fast.distillation import GRID, distill
     from mtt_fast.evaluation import evaluate, evaluate_baselines
-    from mtt_fast.store import TrajectoryStore
+    from mtt_fast.experts import TrajectoryStore
     from mtt_fast.utils import atomic_write_json
 
     say = log or (lambda *_: None)

@@ -55,35 +55,32 @@ def _norm_dataset(name: Any) -> str:
     return canonical_dataset(str(name)) if name else ""
 
 
-def store_model_kwargs(meta: Mapping) -> dict:
-    """The ConvNet options of a store's architecture that differ from its name's defaults
-    (``{"width": 16}`` for a width-16 ``ConvNet``), from the stored model spec."""
-    spec = meta.get("model_spec") or {}
-    from mtt_fast.models.registry import CONVNET_DEFAULTS, CONVNET_VARIANTS
-
-    name = meta.get("model")
-    if not spec or name not in CONVNET_VARIANTS:
+def store_model_kwargs(meta: Any) -> dict:
+    """The options of a store's architecture that differ from its name's defaults
+    (``{"width": 16}`` for a width-16 ``ConvNet``), from the stored model spec
+    (:class:`~mtt_fast.experts.meta.StoreMeta`)."""
+    if meta.model_name is None:
         return {}
-    base = {**CONVNET_DEFAULTS, **CONVNET_VARIANTS[name]}
-    return {k: spec[k] for k in CONVNET_DEFAULTS if k in spec and spec[k] != base[k]}
+    return _normal_kwargs(meta.model_name, meta.model_kwargs)
 
 
 def _normal_kwargs(model: str, kwargs: Mapping) -> dict:
-    from mtt_fast.models.registry import CONVNET_DEFAULTS, CONVNET_VARIANTS
+    """Options minus those equal to the architecture's defaults."""
+    from mtt_fast.models import model_spec
 
-    if model not in CONVNET_VARIANTS:
+    try:
+        base = model_spec(model, 1, 2, (32, 32))
+    except ValueError:
         return dict(kwargs)
-    base = {**CONVNET_DEFAULTS, **CONVNET_VARIANTS[model]}
     return {k: v for k, v in kwargs.items() if base.get(k, object()) != v}
 
 
-def reconcile_store(cfg: Config, meta: Mapping, explicit: Iterable[str], where: str) -> Config:
+def reconcile_store(cfg: Config, meta: Any, explicit: Iterable[str], where: str) -> Config:
     """Align ``cfg`` with a trajectory store's metadata.
 
     Args:
         cfg: the configuration built from presets, defaults and the user's settings.
-        meta: the store's metadata (``model``, ``model_spec``, ``dataset``, ``zca``,
-            ``epochs``).
+        meta: the store's :class:`~mtt_fast.experts.meta.StoreMeta`.
         explicit: names of the settings the user gave explicitly.
         where: the store's folder, for messages.
 
@@ -96,7 +93,7 @@ def reconcile_store(cfg: Config, meta: Mapping, explicit: Iterable[str], where: 
     """
     explicit = set(explicit)
     changes: dict[str, Any] = {}
-    s_model = meta.get("model")
+    s_model = meta.model_name
     if s_model and s_model != cfg.model:
         if "model" in explicit:
             raise ValueError(
@@ -110,13 +107,13 @@ def reconcile_store(cfg: Config, meta: Mapping, explicit: Iterable[str], where: 
     if s_kw != want:
         if "model_kwargs" in explicit and (model == cfg.model):
             mine = {k: v for k, v in want.items() if s_kw.get(k) != v} or want
-            theirs = {k: meta.get("model_spec", {}).get(k) for k in (mine or s_kw)}
+            theirs = {k: meta.model_kwargs.get(k) for k in (mine or s_kw)}
             raise ValueError(
                 f"model options {mine} were asked, but the experts in {where} have {theirs}; "
                 "distill with the experts' architecture (or train experts for it)"
             )
         changes["model_kwargs"] = s_kw
-    s_zca = meta.get("zca", (meta.get("preprocessing") or {}).get("zca"))
+    s_zca = meta.zca
     if s_zca is not None and bool(s_zca) != cfg.zca:
         if "zca" in explicit:
             raise ValueError(
@@ -124,7 +121,7 @@ def reconcile_store(cfg: Config, meta: Mapping, explicit: Iterable[str], where: 
                 f"zca={bool(s_zca)}; distill with the experts' preprocessing"
             )
         changes["zca"] = bool(s_zca)
-    s_ds = meta.get("dataset")
+    s_ds = meta.dataset
     if s_ds and _norm_dataset(s_ds) != _norm_dataset(cfg.dataset):
         raise ValueError(
             f"the experts in {where} were trained on {s_ds!r}, the run asks for {cfg.dataset!r}"
