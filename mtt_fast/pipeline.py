@@ -28,7 +28,18 @@ TABLE_JSON = "table.json"
 TABLE_MD = "table.md"
 EVAL_BATCH = 256  # the evaluation protocol's mini-batch (evaluate_synset)
 EVAL_OPTIMIZER = "SGD momentum 0.9, weight decay 5e-4, epochs+1 passes, lr x0.1 after pass epochs//2+1"
-_EXPERT_KEYS = ("model", "model_kwargs", "zca", "dsa_strategy", "buffer_batch", "buffer_lr", "seed")
+_EXPERT_KEYS = (
+    "model",
+    "model_kwargs",
+    "zca",
+    "dsa_strategy",
+    "buffer_batch",
+    "buffer_lr",
+    "buffer_momentum",
+    "buffer_weight_decay",
+    "buffer_lr_decay",
+    "seed",
+)
 
 
 def versions() -> dict:
@@ -51,8 +62,9 @@ def versions() -> dict:
 def train_store(cfg: Config, data: Any, out: str | os.PathLike, device, progress: bool):
     """Train (or top up) the experts ``cfg`` asks for into the store ``out``.
 
-    The experts' settings are ``cfg``'s expert fields (``num_experts``, ``buffer_epochs``,
-    ``buffer_batch``, ``buffer_lr`` = 0.01 by default, the model, DSA and preprocessing);
+    The experts' settings are ``cfg.experts`` (``num_experts``, ``buffer_epochs``,
+    ``buffer_batch``, ``buffer_lr`` = 0.01 by default, momentum, weight decay, lr decay) and
+    the shared model, DSA and preprocessing;
     they do not depend on the IPC or on ``lr_teacher``.
     """
     from mtt_fast.experts import train_experts
@@ -63,6 +75,9 @@ def train_store(cfg: Config, data: Any, out: str | os.PathLike, device, progress
         num_experts=cfg.num_experts,
         epochs=cfg.buffer_epochs,
         lr=cfg.expert_lr,
+        momentum=cfg.buffer_momentum,
+        weight_decay=cfg.buffer_weight_decay,
+        lr_decay=cfg.buffer_lr_decay,
         batch_size=cfg.buffer_batch,
         dsa=cfg.dsa is not None,
         dsa_strategy=cfg.dsa_strategy if cfg.dsa is not None else "none",
