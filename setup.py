@@ -111,9 +111,11 @@ def _extensions():
             f"mtt-fast: CUDA kernels for {plan.arch_list} ({plan.arch_source}) with nvcc "
             f"{plan.toolkit.version} at {plan.toolkit.root} ({plan.toolkit.how})"
         )
+        shim = B.cudart_link_dir(plan.toolkit, os.path.join(ROOT, "build", "cudart-link"))
         ext = cpp_extension.CUDAExtension(
             "mtt_fast._C",
             B.sources(CSRC, cuda=True, relative_to=ROOT),
+            library_dirs=[shim] if shim else [],
             define_macros=[(B.CUDA_MACRO, None)],
             extra_compile_args={"cxx": list(B.CXX_FLAGS), "nvcc": list(B.NVCC_FLAGS)},
             extra_link_args=list(B.LD_FLAGS),

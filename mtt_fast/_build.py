@@ -18,6 +18,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,7 +139,10 @@ def _usual_roots() -> list[str]:
         return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
     versioned = sorted(glob.glob("/usr/local/cuda-*"), key=ver, reverse=True)
-    return ["/usr/local/cuda", *versioned, "/opt/cuda", "/usr/lib/cuda", "/usr"]
+    # pip's CUDA 13+ toolkit (nvidia-cuda-nvcc & co.) lays out site-packages/nvidia/cuNN
+    wheels = sorted({os.path.realpath(p) for d in sys.path if d
+                     for p in glob.glob(os.path.join(d, "nvidia", "cu[0-9]*"))}, reverse=True)
+    return ["/usr/local/cuda", *versioned, "/opt/cuda", "/usr/lib/cuda", "/usr", *wheels]
 
 
 def find_cuda_toolkit(torch_cuda: str | None = None) -> tuple[Toolkit | None, list[str]]:
@@ -146,8 +150,9 @@ def find_cuda_toolkit(torch_cuda: str | None = None) -> tuple[Toolkit | None, li
 
     Order: ``CUDA_HOME`` / ``CUDA_PATH`` when they hold a toolkit; the ``nvcc`` on ``PATH``
     (symlinks resolved; a wrapper script is asked for its root with ``--dryrun``); then
-    ``/usr/local/cuda``, ``/usr/local/cuda-X.Y`` (newest first, torch's CUDA major
-    preferred), ``/opt/cuda``, ``/usr/lib/cuda``, ``/usr``.
+    ``/usr/local/cuda``, ``/usr/local/cuda-X.Y`` (newest first), ``/opt/cuda``,
+    ``/usr/lib/cuda``, ``/usr``, pip's toolkit (``site-packages/nvidia/cuNN`` from
+    ``nvidia-cuda-nvcc``), those of torch's CUDA major first.
 
     Args:
         torch_cuda: torch's CUDA version (``torch.version.cuda``), to prefer a matching
@@ -182,7 +187,8 @@ def find_cuda_toolkit(torch_cuda: str | None = None) -> tuple[Toolkit | None, li
             roots = same + [r for r in roots if r not in same]
         found += [(r, "usual location") for r in roots[:1]]
         if not roots:
-            notes.append("no toolkit in /usr/local/cuda*, /opt/cuda, /usr/lib/cuda, /usr")
+            notes.append("none in /usr/local/cuda*, /opt/cuda, /usr/lib/cuda, /usr, "
+                         "site-packages/nvidia/cu*")
     for root, how in found:
         nvcc = os.path.join(root, "bin", "nvcc")
         version = nvcc_version(nvcc)
@@ -263,6 +269,24 @@ def plan_cuda(torch_cuda: str | None) -> CudaPlan:
     if env:
         return CudaPlan(True, tk, env, "TORCH_CUDA_ARCH_LIST", notes=notes)
     return CudaPlan(True, tk, default_arch_list(tk), "default", notes=notes)
+
+
+def cudart_link_dir(tk: Toolkit, where: str | os.PathLike) -> str | None:
+    """A folder to add to the linker's search path when the toolkit has no unversioned
+    ``libcudart.so`` (pip's ``nvidia-cuda-runtime`` ships ``libcudart.so.NN`` only) while
+    torch links ``-lcudart``; ``None`` when none is needed. At run time the loader finds
+    the versioned library, which torch has loaded already."""
+    if any(os.path.exists(os.path.join(tk.root, d, "libcudart.so")) for d in ("lib64", "lib")):
+        return None
+    found = sorted(glob.glob(os.path.join(tk.root, "lib*", "libcudart.so.[0-9]*")))
+    if not found:
+        return None
+    os.makedirs(where, exist_ok=True)
+    link = os.path.join(where, "libcudart.so")
+    if os.path.lexists(link):
+        os.unlink(link)
+    os.symlink(found[0], link)
+    return os.fspath(where)
 
 
 # ------------------------------------------------------------------------ fatbinaries

@@ -203,12 +203,13 @@ def build(strict: bool = False, verbose: bool = True) -> dict:
 
     def compile_(cuda: bool) -> str:
         macro = [f"-D{B.CUDA_MACRO}"] if cuda else []
+        shim = B.cudart_link_dir(plan.toolkit, d / "cudart-link") if cuda else None
         return cpp_extension.load(
             LIB_NAME,
             B.sources(csrc, cuda=cuda),
             extra_cflags=B.CXX_FLAGS + macro,
             extra_cuda_cflags=B.NVCC_FLAGS + macro,
-            extra_ldflags=B.LD_FLAGS,
+            extra_ldflags=B.LD_FLAGS + ([f"-L{shim}"] if shim else []),
             extra_include_paths=[str(csrc)],
             build_directory=str(d),
             verbose=verbose,
@@ -260,6 +261,118 @@ def build(strict: bool = False, verbose: bool = True) -> dict:
     tmp.write_text(json.dumps(info, indent=1))
     tmp.replace(d / "build.json")  # last: its presence means a finished build
     return info
+
+
+def build_ops(strict: bool = False, quiet: bool = False) -> int:
+    """``mtt-fast build-ops``: compile the ops into the cache in a fresh process, in the
+    foreground, and say what was built. Returns the exit status (0 built, 1 failed)."""
+    cmd = [sys.executable, "-m", "mtt_fast._jit"] + ["--strict"] * strict + ["--quiet"] * quiet
+    d = key_dir()
+    if d is None:
+        print("mtt-fast: error: no csrc/ sources in this install to compile the ops from",
+              file=sys.stderr)
+        return 1
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "failed.json").unlink(missing_ok=True)
+    plan = B.plan_cuda(torch.version.cuda)
+    print(f"mtt-fast: compiling the ops ({_what(plan)}) for torch {torch.__version__} into {d}",
+          flush=True)
+    res = subprocess.run(cmd, env=_child_env(), stdout=subprocess.PIPE, text=True)
+    lines = (res.stdout or "").strip().splitlines()
+    if res.returncode != 0 or not lines:
+        return 1
+    if not quiet:
+        print("\n".join(lines[:-1]))
+    info = json.loads(lines[-1])
+    print(f"mtt-fast: built in {info['seconds']} s: {summary(info)}")
+    print("new processes load them (`mtt-fast info` shows what they have)")
+    return 0
+
+
+def summary(info: dict | None) -> str:
+    """One line: the devices and GPU architectures a build (its build.json) is for."""
+    if not info:
+        return "no build record"
+    out = f"CPU kernels; torch {info.get('torch')}"
+    cuda = info.get("cuda")
+    if cuda:
+        out = f"CPU + CUDA kernels ({cuda.get('arch_list')}, nvcc {cuda.get('nvcc')}); " \
+              f"torch {info.get('torch')}"
+    if info.get("fallback"):
+        out += f"; CUDA left out: {info['fallback']}"
+    return out
+
+
+def describe() -> tuple[list[str], str | None]:
+    """What ``mtt-fast info`` says about the compiled ops: ``(lines, the one command that
+    gets what is missing or None)``. Never builds anything."""
+    from mtt_fast import _ext
+
+    lines: list[str] = []
+    fix = None
+    ok = _ext.load(auto_build=False)
+    where = _ext.origin()
+    if not ok:
+        lines.append(f"compiled ops: none loaded: {_ext.load_error()}")
+        d = key_dir()
+        if d is not None and _builder(d) is not None:
+            lines.append(f"  being compiled now (log: {d / 'build.log'})")
+        fix = "mtt-fast build-ops"
+        return lines, fix
+    how = {"cache": "compiled on this machine (mtt-fast build-ops / first use)",
+           "prebuilt": "built by setup.py at install"}[str(where["origin"])]
+    lines.append(f"compiled ops: {where['path']} ({how})")
+    kernels = _ext.registered()
+    archs = _ext.cuda_archs()
+    lines.append(f"  cpu : {sum('cpu' in v for v in kernels.values())}/{len(kernels)} ops, "
+                 f"{platform_machine()}")
+    if any("cuda" in v for v in kernels.values()):
+        code = ", ".join(archs["sass"]) + " cubins" if archs else "architectures unknown"
+        if archs and archs["ptx"]:
+            code += " + PTX " + ", ".join(archs["ptx"]) + " (newer GPUs JIT-compile it)"
+        lines.append(f"  cuda: {sum('cuda' in v for v in kernels.values())}/{len(kernels)} "
+                     f"ops, {code}")
+    else:
+        lines.append("  cuda: none")
+    lines.append(f"  {'op':<24s}cpu  cuda")
+    for op, v in kernels.items():
+        lines.append(f"  {op:<24s}{'yes' if 'cpu' in v else 'no':<5s}{'yes' if 'cuda' in v else 'no'}")
+    build = where.get("build") or {}
+    if build.get("fallback"):
+        lines.append(f"  CUDA was left out at build time: {build['fallback']}")
+    # what is missing, and the one command that gets it
+    has_cuda = any("cuda" in v for v in kernels.values())
+    if torch.version.cuda and not has_cuda:
+        plan = B.plan_cuda(torch.version.cuda)
+        if plan.use:
+            lines.append(f"missing: CUDA kernels; nvcc {plan.toolkit.version} at "
+                         f"{plan.toolkit.root} can build them")
+            fix = "mtt-fast build-ops"
+        else:
+            lines.append(f"missing: CUDA kernels: {plan.reason}")
+            cu = ".".join(torch.version.cuda.split(".")[:2])
+            fix = (f'pip install "nvidia-cuda-nvcc=={cu}.*" "nvidia-cuda-cccl=={cu}.*" '
+                   "&& mtt-fast build-ops")
+
+    elif not torch.version.cuda:
+        lines.append(f"  (torch {torch.__version__} is a CPU build: CUDA kernels need a CUDA "
+                     "torch, then `mtt-fast build-ops`)")
+    if has_cuda and torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            cap = torch.cuda.get_device_capability(i)
+            name = f"cuda:{i} {torch.cuda.get_device_name(i)} (sm_{cap[0]}{cap[1]})"
+            if archs is None or B.runs_on(archs, cap):
+                lines.append(f"  {name}: runs the CUDA kernels")
+            else:
+                lines.append(f"missing: code for {name}: its CUDA tensors use Triton")
+                fix = (f'TORCH_CUDA_ARCH_LIST="{cap[0]}.{cap[1]}+PTX" mtt-fast build-ops')
+    return lines, fix
+
+
+def platform_machine() -> str:
+    import platform
+
+    return f"{platform.machine()} ({' '.join(B.CXX_FLAGS)})"
 
 
 def main(argv: list[str] | None = None) -> int:
