@@ -230,7 +230,7 @@ setup(
     # ninja: compiles the ops on first use when no prebuilt ones came with the install
     install_requires=["torch>=2.1", "numpy", "scikit-learn", "pillow", "tqdm", "ninja"],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "scipy", "safetensors", "psutil"],
+        "test": ["pytest", "pytest-benchmark", "scipy", "safetensors", "psutil", "build"],
         "triton": ["triton"],
         "svhn": ["scipy"],
     },

@@ -298,8 +298,6 @@ def summary(info: dict | None) -> str:
     if cuda:
         out = f"CPU + CUDA kernels ({cuda.get('arch_list')}, nvcc {cuda.get('nvcc')}); " \
               f"torch {info.get('torch')}"
-    if info.get("fallback"):
-        out += f"; CUDA left out: {info['fallback']}"
     return out
 
 
@@ -319,7 +317,7 @@ def describe() -> tuple[list[str], str | None]:
             lines.append(f"  being compiled now (log: {d / 'build.log'})")
         fix = "mtt-fast build-ops"
         return lines, fix
-    how = {"cache": "compiled on this machine (mtt-fast build-ops / first use)",
+    how = {"cache": "compiled into the per-user cache by build-ops or on first use",
            "prebuilt": "built by setup.py at install"}[str(where["origin"])]
     lines.append(f"compiled ops: {where['path']} ({how})")
     kernels = _ext.registered()
@@ -329,7 +327,7 @@ def describe() -> tuple[list[str], str | None]:
     if any("cuda" in v for v in kernels.values()):
         code = ", ".join(archs["sass"]) + " cubins" if archs else "architectures unknown"
         if archs and archs["ptx"]:
-            code += " + PTX " + ", ".join(archs["ptx"]) + " (newer GPUs JIT-compile it)"
+            code += " + PTX " + ", ".join(archs["ptx"]) + " (the driver compiles it for newer GPUs)"
         lines.append(f"  cuda: {sum('cuda' in v for v in kernels.values())}/{len(kernels)} "
                      f"ops, {code}")
     else:
@@ -338,6 +336,8 @@ def describe() -> tuple[list[str], str | None]:
     for op, v in kernels.items():
         lines.append(f"  {op:<24s}{'yes' if 'cpu' in v else 'no':<5s}{'yes' if 'cuda' in v else 'no'}")
     build = where.get("build") or {}
+    if build:
+        lines.append(f"  built for: {summary(build)}")
     if build.get("fallback"):
         lines.append(f"  CUDA was left out at build time: {build['fallback']}")
     # what is missing, and the one command that gets it
