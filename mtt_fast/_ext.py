@@ -164,6 +164,7 @@ def _cuda_code_runs_here() -> bool:
     return _runs_here[idx]
 
 
+@torch.compiler.assume_constant_result  # torch.compile: a constant, not traced (no break)
 def has_kernel(op: str, device_type: str) -> bool:
     """Whether ``torch.ops.mtt_fast.<op>`` has a kernel for ``device_type`` ('cpu'|'cuda')
     that runs here (for CUDA: code for the current GPU's architecture)."""
