@@ -238,3 +238,19 @@ def test_fatbin_archs_reads_what_nvcc_built(tmp_path):
                                  capture_output=True, text=True).stdout
         assert "sm_80.cubin" in listing and "sm_90.ptx" in listing, listing
     assert B.fatbin_archs(sys.executable) is None  # no .nv_fatbin section
+
+
+@pytest.mark.skipif(not os.environ.get("MTT_FAST_EXPECT_OPS"),
+                    reason="MTT_FAST_EXPECT_OPS unset (set by .ci/cuda_build.sh)")
+def test_suite_runs_against_the_expected_build():
+    """Under .ci/cuda_build.sh: the suite imports the installed package, whose prebuilt ops
+    have kernels for every device named in MTT_FAST_EXPECT_OPS (e.g. ``cpu,cuda``)."""
+    import mtt_fast
+    from mtt_fast import _ext
+
+    assert "site-packages" in mtt_fast.__file__, mtt_fast.__file__
+    assert _ext.load(auto_build=False), _ext.load_error()
+    assert _ext.origin()["origin"] == "prebuilt", _ext.origin()
+    want = set(os.environ["MTT_FAST_EXPECT_OPS"].split(","))
+    ops = _ext.registered()
+    assert len(ops) >= 8 and all(want <= set(v) for v in ops.values()), ops
