@@ -81,11 +81,10 @@ def _extensions():
     """``(ext_modules, cmdclass)``; no extension when the compiled part is skipped."""
     cmdclass: dict = {"build_py": BuildPyWithSources}
     if os.environ.get("MTT_FAST_BUILD_EXT", "1") == "0":
-        print("mtt-fast: MTT_FAST_BUILD_EXT=0, installing the pure-Python package")
+        print("mtt-fast: MTT_FAST_BUILD_EXT=0, installing the pure-Python package", file=sys.stderr)
         return [], cmdclass
     try:
         import torch
-        from torch.utils import cpp_extension
     except Exception as exc:  # torch missing (pip's build isolation) or broken
         _fallback(
             f"torch is not importable at build time ({type(exc).__name__}: {exc}); no "
@@ -95,11 +94,13 @@ def _extensions():
         return [], cmdclass
 
     plan = B.plan_cuda(torch.version.cuda)
+    if plan.use:  # before cpp_extension guesses CUDA_HOME from the nvcc on PATH
+        os.environ["CUDA_HOME"] = plan.toolkit.root
+    from torch.utils import cpp_extension
+
     cpu_sources = B.sources(CSRC, cuda=False, relative_to=ROOT)
     if plan.use:
-        # tell torch which toolkit to use: it guesses from the nvcc on PATH otherwise
-        os.environ["CUDA_HOME"] = plan.toolkit.root
-        cpp_extension.CUDA_HOME = plan.toolkit.root
+        cpp_extension.CUDA_HOME = plan.toolkit.root  # in case it was imported earlier
         os.environ["TORCH_CUDA_ARCH_LIST"] = plan.arch_list
         try:
             cpp_extension._get_cuda_arch_flags()  # torch knows these archs?
@@ -109,7 +110,8 @@ def _extensions():
     if plan.use:
         print(
             f"mtt-fast: CUDA kernels for {plan.arch_list} ({plan.arch_source}) with nvcc "
-            f"{plan.toolkit.version} at {plan.toolkit.root} ({plan.toolkit.how})"
+            f"{plan.toolkit.version} at {plan.toolkit.root} ({plan.toolkit.how})",
+            file=sys.stderr,
         )
         shim = B.cudart_link_dir(plan.toolkit, os.path.join(ROOT, "build", "cudart-link"))
         ext = cpp_extension.CUDAExtension(
@@ -124,7 +126,7 @@ def _extensions():
         if torch.version.cuda:  # a CUDA torch that gets CPU ops only: say why
             _fallback(plan.reason)
         else:
-            print(f"mtt-fast: {plan.reason}")
+            print(f"mtt-fast: {plan.reason}", file=sys.stderr)
         ext = None
 
     def cpu_extension():

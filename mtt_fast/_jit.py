@@ -184,8 +184,6 @@ def build(strict: bool = False, verbose: bool = True) -> dict:
     Returns:
         The build info written to ``build.json``.
     """
-    from torch.utils import cpp_extension
-
     csrc = csrc_dir()
     if csrc is None:
         raise RuntimeError("no csrc/ sources in this install to compile the ops from")
@@ -194,6 +192,10 @@ def build(strict: bool = False, verbose: bool = True) -> dict:
     for stale in ("build.json", "failed.json"):
         (d / stale).unlink(missing_ok=True)
     plan = B.plan_cuda(torch.version.cuda)
+    if plan.use:  # before cpp_extension guesses CUDA_HOME from the nvcc on PATH
+        os.environ["CUDA_HOME"] = plan.toolkit.root
+    from torch.utils import cpp_extension
+
     fallback = None
     if torch.version.cuda and not plan.use:
         fallback = plan.reason

@@ -21,6 +21,7 @@ tensors it runs only under the Triton interpreter (``TRITON_INTERPRET=1``).
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -76,9 +77,9 @@ def _zca_apply_kernel(
                     other=0).to(tl.float32)
         mu = tl.load(mean_ptr + rk, mask=mk, other=0.0)
         # padded k columns are 0 * scale - 0 = 0, and their matrix rows load as 0
-        # scale = hi + lo: fl(1/255) alone would bias every uint8 pixel by the same
-        # relative error (a systematic 1.2x the reference's x / 255 error after the product)
-        a = tl.fma(a, scale, a * scale_lo) - mu[None, :]
+        # scale = hi + lo, hi with 16 significant bits: a * hi is exact for uint8 pixels, so
+        # this is x / 255 correctly rounded (fl(1/255) alone biases every pixel alike)
+        a = (a * scale + a * scale_lo) - mu[None, :]
         w = tl.load(w_ptr + rk[:, None] * D + rn[None, :], mask=mk[:, None] & mn[None, :],
                     other=0.0)
         acc = tl.dot(a, w, acc, input_precision=PRECISION)
@@ -112,7 +113,8 @@ def _launch(
     grid = (triton.cdiv(N, cfg["BLOCK_M"]) * triton.cdiv(D, cfg["BLOCK_N"]),)
     ctx = torch.cuda.device(x2.device) if x2.is_cuda else contextlib.nullcontext()
     with ctx:
-        hi = float(torch.tensor(scale, dtype=torch.float32))
+        m, e = math.frexp(scale)
+        hi = math.ldexp(round(m * 2**16) / 2**16, e)
         _zca_apply_kernel[grid](x2, mean, matrix, out, N, D, hi, scale - hi, PRECISION=precision,
                                 **cfg)
     return out
