@@ -320,7 +320,7 @@ def describe() -> tuple[list[str], str | None]:
         fix = "mtt-fast build-ops"
         return lines, fix
     how = {"cache": "compiled into the per-user cache by build-ops or on first use",
-           "prebuilt": "built by setup.py at install"}[str(where["origin"])]
+           "prebuilt": "built by setup.py"}[str(where["origin"])]
     lines.append(f"compiled ops: {where['path']} ({how})")
     kernels = _ext.registered()
     archs = _ext.cuda_archs()
