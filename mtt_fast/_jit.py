@@ -152,8 +152,8 @@ def first_use(mode: str) -> str:
     if mode == "sync":
         sys.stderr.write(f"mtt-fast: compiling the ops ({_what(plan)}) for torch "
                          f"{torch.__version__} into {d} (first use; a few minutes)...\n")
-        res = subprocess.run(cmd, env=_child_env(), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+        with open(log, "w") as f:
+            res = subprocess.run(cmd, env=_child_env(), stdout=f, stderr=subprocess.STDOUT)
         return "" if res.returncode == 0 else f"compiling the ops failed (log: {log})"
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, env=_child_env(), stdin=subprocess.DEVNULL, stdout=f,
