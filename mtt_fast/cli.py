@@ -122,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
         "lose to thread synchronisation; else torch's default)",
     )
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("info", help="versions, devices and kernel backends")
+    sub.add_parser("info", help="versions, devices, compiled ops and kernel backends")
+    p = sub.add_parser("build-ops", help="compile the C++/CUDA ops for this machine now")
+    p.add_argument("--strict", action="store_true", help="fail instead of leaving CUDA out")
+    p.add_argument("--quiet", action="store_true", help="no compiler command lines")
 
     p = sub.add_parser("buffer", help="train expert trajectories into a store")
     _add_run(p, "digits")
@@ -259,8 +262,9 @@ def _fmt(r: dict | None) -> str:
 
 
 def _cmd_info(a: argparse.Namespace) -> int:
-    from mtt_fast import _ext, backends
+    from mtt_fast import _jit, backends
 
+    lines, fix = _jit.describe()  # first: backends.report() must not start a build
     _print(f"mtt-fast {__version__}")
     _print(f"python   {platform.python_version()} ({platform.platform()})")
     _print(f"torch    {torch.__version__} (CUDA build: {torch.version.cuda or 'no'})")
@@ -276,9 +280,16 @@ def _cmd_info(a: argparse.Namespace) -> int:
     for op, per_dev in backends.report().items():
         for dev, names in per_dev.items():
             _print(f"  {op:<5s} {dev:<5s} {', '.join(names)}")
-    err = _ext.load_error()
-    _print(f"compiled extension: {'loaded' if not err else 'not loaded: ' + str(err)}")
+    for line in lines:
+        _print(line)
+    _print(f"to get what is missing: {fix}" if fix else "nothing missing")
     return 0
+
+
+def _cmd_build_ops(a: argparse.Namespace) -> int:
+    from mtt_fast import _jit
+
+    return _jit.build_ops(strict=a.strict, quiet=a.quiet)
 
 
 def _cmd_buffer(a: argparse.Namespace) -> int:
@@ -412,6 +423,7 @@ def _cmd_reproduce(a: argparse.Namespace) -> int:
 
 _COMMANDS = {
     "info": _cmd_info,
+    "build-ops": _cmd_build_ops,
     "buffer": _cmd_buffer,
     "import-buffers": _cmd_import,
     "distill": _cmd_distill,

@@ -13,6 +13,8 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# no compile-on-first-use from inside the tests (tests/test_packaging.py tests it itself)
+os.environ.setdefault("MTT_FAST_JIT", "0")
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,7 @@ tensors it runs only under the Triton interpreter (``TRITON_INTERPRET=1``).
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -49,7 +50,7 @@ _PRECISIONS = ("ieee", "tf32", "tf32x3")
 
 @_jit
 def _zca_apply_kernel(
-    x_ptr, mean_ptr, w_ptr, out_ptr, N, D, scale,
+    x_ptr, mean_ptr, w_ptr, out_ptr, N, D, scale, scale_lo,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -76,7 +77,9 @@ def _zca_apply_kernel(
                     other=0).to(tl.float32)
         mu = tl.load(mean_ptr + rk, mask=mk, other=0.0)
         # padded k columns are 0 * scale - 0 = 0, and their matrix rows load as 0
-        a = a * scale - mu[None, :]
+        # scale = hi + lo, hi with 16 significant bits: a * hi is exact for uint8 pixels, so
+        # this is x / 255 correctly rounded (fl(1/255) alone biases every pixel alike)
+        a = (a * scale + a * scale_lo) - mu[None, :]
         w = tl.load(w_ptr + rk[:, None] * D + rn[None, :], mask=mk[:, None] & mn[None, :],
                     other=0.0)
         acc = tl.dot(a, w, acc, input_precision=PRECISION)
@@ -110,7 +113,10 @@ def _launch(
     grid = (triton.cdiv(N, cfg["BLOCK_M"]) * triton.cdiv(D, cfg["BLOCK_N"]),)
     ctx = torch.cuda.device(x2.device) if x2.is_cuda else contextlib.nullcontext()
     with ctx:
-        _zca_apply_kernel[grid](x2, mean, matrix, out, N, D, scale, PRECISION=precision, **cfg)
+        m, e = math.frexp(scale)
+        hi = math.ldexp(round(m * 2**16) / 2**16, e)
+        _zca_apply_kernel[grid](x2, mean, matrix, out, N, D, hi, scale - hi, PRECISION=precision,
+                                **cfg)
     return out
 
 
