@@ -232,7 +232,8 @@ setup(
     # ninja: compiles the ops on first use when no prebuilt ones came with the install
     install_requires=["torch>=2.1", "numpy", "scikit-learn", "pillow", "tqdm", "ninja"],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "scipy", "safetensors", "psutil", "build"],
+        # triton too: its kernels are tested on the CPU under TRITON_INTERPRET=1
+        "test": ["pytest", "pytest-benchmark", "scipy", "safetensors", "psutil", "build", "triton"],
         "triton": ["triton"],
         "svhn": ["scipy"],
     },
