@@ -58,7 +58,7 @@ from mtt_fast.distillation.observers import (
 from mtt_fast.distillation.state import DistillState, init_synthetic
 from mtt_fast.distillation.step import Context
 from mtt_fast.synthetic import SyntheticSet, load_synthetic
-from mtt_fast.utils import save_image_grid
+from mtt_fast.utils import remove_dead_temps, save_image_grid
 
 __all__ = [
     "distill",
@@ -208,7 +208,9 @@ def _check_out(out: Path | None, resume: bool, overwrite: bool) -> None:
     if out is None:
         return
     if out.exists() and not out.is_dir():
-        raise ValueError(f"output folder {out} is a file")
+        raise ValueError(f"output folder {out} is a file, not a folder")
+    if out.is_dir():
+        remove_dead_temps(out)  # half-written files of a killed run
     if resume:
         return
     present = [f for f in _RUN_FILES if (out / f).exists()]
