@@ -36,6 +36,7 @@ that op, device and dtype.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -80,7 +81,9 @@ Runtime = Callable[[str], "str | None"]
 # ----------------------------------------------------------------------------- runtimes
 
 
+@functools.cache
 def triton_importable() -> bool:
+    # cached: resolve() runs on every op call, and an uncached find_spec scans sys.path
     return importlib.util.find_spec("triton") is not None
 
 
@@ -241,9 +244,9 @@ def resolve(
     where = f"{dt} {_dtype_name(dtype)}" if dtype is not None else dt
     if choice == "auto":
         for b in impls:
-            if (dtype is None or dtype in b.dtypes) and b.runtime(dt) is None:
-                if b.auto_devices is None or dt in b.auto_devices:
-                    return b.name
+            implicit = b.auto_devices is None or dt in b.auto_devices
+            if implicit and (dtype is None or dtype in b.dtypes) and b.runtime(dt) is None:
+                return b.name
         raise ValueError(
             f"no backend of op {op!r} runs on {where} tensors; "
             f"declared: {', '.join(b.name for b in impls)}"

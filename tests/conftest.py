@@ -11,6 +11,7 @@ cannot pass as "skipped".
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -132,15 +133,21 @@ def numpy_zca():
     return fit
 
 
+@functools.cache
+def _zca_fit_cached(chw: tuple, n: int, seed: int):
+    from mtt_fast.ops.zca import zca_fit
+
+    g = torch.Generator().manual_seed(seed)
+    imgs = torch.rand(n, *chw, generator=g) * torch.rand(1, *chw, generator=g)
+    return zca_fit(imgs, eps=0.1)
+
+
 @pytest.fixture
 def zca_state():
     """``make(chw, n=64, seed=0) -> (mean, matrix, inverse)``: a fit on random images with
-    uneven variances (float32, CPU)."""
-    from mtt_fast.ops.zca import zca_fit
+    uneven variances (float32, CPU; cached across tests, never modify it in place)."""
 
     def make(chw: tuple, n: int = 64, seed: int = 0):
-        g = torch.Generator().manual_seed(seed)
-        imgs = torch.rand(n, *chw, generator=g) * torch.rand(1, *chw, generator=g)
-        return zca_fit(imgs, eps=0.1)
+        return _zca_fit_cached(tuple(chw), n, seed)
 
     return make
