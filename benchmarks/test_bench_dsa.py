@@ -1,4 +1,5 @@
-"""DSA forward + backward, reference vs compiled ("native") ops, per augmentation group.
+"""DSA forward + backward, reference vs the compiled ("native") and Triton backends of
+``mtt_fast.ops.dsa``, per augmentation group.
 
 Run: ``python -m pytest benchmarks/test_bench_dsa.py --benchmark-only -q``
 (``MTT_FAST_BENCH_DEVICE=cuda`` for the GPU). Each case checks the native result against
@@ -13,7 +14,7 @@ import torch
 
 from mtt_fast import _ext, backends
 from mtt_fast.augment import DSAConfig, DSAParams, _sample_group, resolve
-from mtt_fast.ops.dsa import native
+from mtt_fast.ops import dsa
 from mtt_fast.ops.dsa import reference as ref
 
 GROUPS = ("scale", "rotate", "flip", "crop", "cutout", "color")
@@ -26,6 +27,16 @@ def _ops_for(group: str, B: int, H: int, W: int, device: torch.device):
     g = torch.Generator().manual_seed(0)
     ops = _sample_group(group, B, DSAConfig(), g, device, same=False)
     return resolve(DSAParams(tuple(ops), B), H, W)
+
+
+class _Dispatched:
+    """The ops of :mod:`mtt_fast.ops.dsa` pinned to one backend (its autograd Function)."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+
+    def __getattr__(self, op: str):
+        return lambda *a, **k: getattr(dsa, op)(*a, **k, backend=self.backend)
 
 
 def _run(mod, ops, x, up):
@@ -51,9 +62,7 @@ def test_dsa_fwd_bwd(benchmark, bench_device, speedups, timed, group, batch, siz
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, 3, size, size, generator=g).to(bench_device).requires_grad_(True)
     up = torch.randn(batch, 3, size, size, generator=g).to(bench_device)
-    mod = {"native": native, "reference": ref}.get(impl)
-    if impl == "triton":
-        from mtt_fast.ops.dsa import triton as mod
+    mod = ref if impl == "reference" else _Dispatched(impl)
     y, grad = _run(mod, ops, x, up)
     if impl != "reference":  # correctness before timing
         y_ref, grad_ref = _run(ref, ops, x, up)

@@ -242,7 +242,9 @@ def apply(images: torch.Tensor, params: DSAParams, backend: str | None = None) -
             ``None`` (default) reads ``MTT_FAST_BACKEND``, else auto.
 
     Returns:
-        (B, C, H, W) augmented images.
+        (B, C, H, W) augmented images, dtype of ``images``. The gradient flows to the images
+        only (differentiable to any order); the params are constants on every backend
+        (see :mod:`mtt_fast.ops.dsa`).
     """
     if not torch.is_tensor(images) or images.dim() != 4:
         shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__

@@ -1,38 +1,11 @@
-"""ZCA whitening that matches kornia's ``ZCAWhitening(eps=0.1)`` as used by the original MTT code."""
+"""ZCA whitening that matches kornia's ``ZCAWhitening(eps=0.1)`` as used by the original MTT
+code: a fitted state over the one specification in :mod:`mtt_fast.ops.zca`."""
 
 from __future__ import annotations
 
 import torch
 
-from mtt_fast import backends
-
-_CHUNK = 4096  # rows per block when accumulating the covariance
-
-
-def _as_float(x: torch.Tensor) -> torch.Tensor:
-    if x.dtype == torch.uint8:
-        return x.to(torch.float32).div_(255.0)
-    if not x.is_floating_point():
-        raise TypeError(f"images must be uint8 or floating point, got {x.dtype}")
-    return x
-
-
-def zca_reference(x: torch.Tensor, mean: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-    """``(x.flatten(1) - mean) @ matrix`` reshaped back: the whitening (and, with the
-    inverse matrix and a zero ``mean`` plus an added mean, its inverse) in plain torch.
-
-    Args:
-        x: ``(N, C, H, W)`` float or uint8 (uint8 is scaled by 1/255).
-        mean: ``(D,)`` with ``D = C*H*W``.
-        matrix: ``(D, D)``.
-
-    Returns:
-        ``(N, C, H, W)`` in the floating dtype of ``x`` (float32 for uint8); differentiable.
-    """
-    x = _as_float(x)
-    flat = x.reshape(x.shape[0], -1)
-    out = (flat - mean.to(flat)) @ matrix.to(flat)
-    return out.reshape(x.shape)
+from mtt_fast.ops.zca import zca_apply, zca_fit, zca_inverse
 
 
 class ZCA:
@@ -46,6 +19,8 @@ class ZCA:
     * ``T^-1 = U diag(sqrt(S + eps)) U^T``, ``inverse(y) = y @ T^-1 + m``.
 
     The fit runs in float64 (``torch.linalg.eigh``); the fitted state is stored as float32.
+    Fit, apply and inverse are the one specification, :mod:`mtt_fast.ops.zca.reference`;
+    :meth:`transform` runs the ``zca_apply`` op on the backend asked for.
 
     Attributes:
         eps: regulariser added to the eigenvalues.
@@ -87,37 +62,7 @@ class ZCA:
             ``self``.
         """
         images = torch.as_tensor(images)
-        if images.ndim != 4:
-            raise ValueError(
-                f"ZCA.fit expects images of shape (N, C, H, W), got {tuple(images.shape)}"
-            )
-        n = images.shape[0]
-        if n < 2:
-            raise ValueError(f"ZCA.fit needs at least 2 images for an unbiased covariance, got {n}")
-        scale = 255.0 if images.dtype == torch.uint8 else 1.0
-        _as_float(images[:1])  # dtype check
-        flat = images.reshape(n, -1)
-        d = flat.shape[1]
-        # float64 runs where the images are, except on MPS (no float64 there)
-        dev = torch.device("cpu") if images.device.type == "mps" else images.device
-        mean = torch.zeros(d, dtype=torch.float64, device=dev)
-        for i in range(0, n, _CHUNK):
-            mean += flat[i : i + _CHUNK].to(dev, torch.float64).sum(0)
-        mean /= n * scale
-        cov = torch.zeros(d, d, dtype=torch.float64, device=dev)
-        for i in range(0, n, _CHUNK):
-            b = flat[i : i + _CHUNK].to(dev, torch.float64) / scale - mean
-            cov.addmm_(b.T, b)
-        cov /= n - 1
-        s, u = torch.linalg.eigh(cov)
-        s = s.clamp_min(0)  # round-off can make the smallest eigenvalues slightly negative
-        if self.eps == 0 and bool((s == 0).any()):
-            raise ValueError("the covariance is singular: ZCA needs eps > 0 for these images")
-        root = (s + self.eps).sqrt()
-        out = {"dtype": torch.float32, "device": images.device}
-        self.mean = mean.to(**out)
-        self.matrix = ((u / root) @ u.T).to(**out)
-        self.inverse_matrix = ((u * root) @ u.T).to(**out)
+        self.mean, self.matrix, self.inverse_matrix = zca_fit(images, self.eps)
         self.shape = tuple(int(v) for v in images.shape[1:])
         return self
 
@@ -137,34 +82,18 @@ class ZCA:
 
         Args:
             x: images with the fitted ``(C, H, W)``.
-            backend: ``None`` / ``"auto"`` (``MTT_FAST_BACKEND``, then the best available;
-                float64 input always takes the torch path), ``"torch"`` (plain torch
-                here), ``"native"`` or ``"triton"`` (the kernels of :mod:`mtt_fast.ops.zca`
-                via its ``zca_apply``; a ``ValueError`` listing what exists when absent).
+            backend: ``None`` (``MTT_FAST_BACKEND``, else auto) | ``"auto"`` | ``"torch"``
+                (the reference) | ``"native"`` | ``"triton"``: the backend of
+                :func:`mtt_fast.ops.zca.zca_apply` (auto picks by device and dtype; float64
+                goes to the exact reference). An unknown or unavailable one is a
+                ``ValueError`` listing what exists.
 
         Returns:
             ``(N, C, H, W)`` whitened, float32 for uint8 input, else the dtype of ``x``.
         """
         x = self._check(x, "transform")
-        choice = None if backend is None else str(backend).lower()
-        # float64 stays on the exact torch path unless a kernel is asked for by name
-        implicit_torch = choice in (None, "auto") and x.dtype == torch.float64
-        if choice not in ("torch", "reference") and not implicit_torch:
-            try:
-                from mtt_fast.ops.zca import zca_apply
-            except ImportError:
-                zca_apply = None
-            if zca_apply is None:
-                if choice not in (None, "auto"):
-                    raise ValueError(
-                        f"backend {backend!r} is not available for ZCA (mtt_fast.ops.zca.zca_apply "
-                        f"cannot be imported); available: torch"
-                    )
-            elif backends.resolve("zca", choice, x.device) != "torch":
-                out = zca_apply(x, self.mean.to(x.device), self.matrix.to(x.device), backend=choice)
-                return out if x.dtype == torch.uint8 else out.to(x.dtype)
-        backends.last_used["zca"] = "torch"
-        return zca_reference(x, self.mean, self.matrix)
+        out = zca_apply(x, self.mean, self.matrix, backend=backend)
+        return out if x.dtype == torch.uint8 else out.to(x.dtype)
 
     def inverse(self, x: torch.Tensor) -> torch.Tensor:
         """Undo :meth:`transform`: ``x @ T^-1 + mean`` for ``x (N, C, H, W)``.
@@ -172,10 +101,11 @@ class ZCA:
         Returns:
             ``(N, C, H, W)`` in [0, 1] units (not clamped), dtype as :meth:`transform`.
         """
-        x = _as_float(self._check(x, "inverse"))
-        flat = x.reshape(x.shape[0], -1)
-        out = flat @ self.inverse_matrix.to(flat) + self.mean.to(flat)
-        return out.reshape(x.shape)
+        x = self._check(x, "inverse")
+        if x.dtype == torch.uint8:
+            x = x.to(torch.float32) / 255.0
+        out = zca_inverse(x, self.mean, self.inverse_matrix)
+        return out.to(x.dtype)
 
     def to(self, device: torch.device | str) -> ZCA:
         """Move the fitted tensors to ``device`` (in place); returns ``self``."""

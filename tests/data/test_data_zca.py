@@ -12,26 +12,17 @@ import torch
 
 from mtt_fast import backends
 from mtt_fast.data import ZCA, load_dataset
+from mtt_fast.ops.zca import reference as zca_reference
+from mtt_fast.ops.zca import zca_fit
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
-def _numpy_zca(x: np.ndarray, eps: float):
-    """Independent float64 reference: (mean, T, T^-1) from the unbiased covariance (by SVD)."""
-    flat = x.reshape(len(x), -1).astype(np.float64)
-    mean = flat.mean(0)
-    cov = np.cov(flat, rowvar=False, ddof=1)
-    u, s, _ = np.linalg.svd(cov)
-    t = u @ np.diag(1.0 / np.sqrt(s + eps)) @ u.T
-    t_inv = u @ np.diag(np.sqrt(s + eps)) @ u.T
-    return mean, t, t_inv
-
-
 @pytest.mark.parametrize("n,shape,eps", [(40, (2, 3, 4), 0.1), (7, (1, 5, 3), 0.01)])
-def test_zca_matches_numpy_float64(n, shape, eps):
+def test_zca_matches_numpy_float64(n, shape, eps, numpy_zca):
     rng = np.random.default_rng(1)
     x = rng.random((n, *shape)) * rng.random(shape)  # correlated-ish, uneven variances
-    mean, t, t_inv = _numpy_zca(x, eps)
+    mean, t, t_inv = numpy_zca(x, eps)
     z = ZCA(eps=eps).fit(torch.from_numpy(x).float())
     assert z.mean.dtype == z.matrix.dtype == z.inverse_matrix.dtype == torch.float32
     d = int(np.prod(shape))
@@ -46,6 +37,20 @@ def test_zca_matches_numpy_float64(n, shape, eps):
     np.testing.assert_allclose(got.numpy(), want, atol=1e-4 * np.abs(want).max())
     back = z.inverse(got)
     np.testing.assert_allclose(back.numpy(), y, atol=1e-4)
+
+
+def test_zca_is_the_one_specification():
+    """ZCA's state and transforms are exactly the ops' fit, zca_apply and inverse."""
+    g = torch.Generator().manual_seed(3)
+    x8 = torch.randint(0, 256, (30, 2, 3, 4), dtype=torch.uint8, generator=g)
+    z = ZCA(eps=0.1).fit(x8)
+    for a, b in zip((z.mean, z.matrix, z.inverse_matrix), zca_fit(x8, eps=0.1)):
+        assert torch.equal(a, b)
+    white = z.transform(x8, backend="torch")
+    assert torch.equal(white, zca_reference.zca_apply(x8, z.mean, z.matrix))
+    assert torch.equal(z.inverse(white), zca_reference.zca_inverse(white, z.mean, z.inverse_matrix))
+    xh = x8.half() / 255  # kernels and reference compute halves in float32, return the input dtype
+    assert z.transform(xh).dtype == torch.float16
 
 
 def test_zca_uint8_state_and_errors():
@@ -130,6 +135,7 @@ def test_zca_cifar_roundtrip(cifar_crop):
     assert (z.inverse(z.transform(xf)) - xf).abs().max() < 1e-4
 
 
+@pytest.mark.slow
 def test_zca_cifar_full_size():
     """All 4000 images at full size (D = 3072): Cov(white) = C (C + eps I)^-1, which is
     U diag(S / (S + eps)) U^T, and transform followed by inverse returns the input."""

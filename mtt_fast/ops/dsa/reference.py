@@ -1,9 +1,17 @@
-"""Reference DSA ops in plain differentiable PyTorch: the specification, the CPU fallback
-and the test oracle for the Triton and compiled kernels.
+"""Reference DSA ops in plain differentiable PyTorch: the specification, the test oracle
+for the Triton and compiled kernels, and the launchers of the ``torch`` backend.
 
 Every op takes images ``x: (B, C, H, W)`` float and per-sample parameter tensors produced
 by :func:`mtt_fast.augment.sample` (after :func:`mtt_fast.augment.resolve`), and is
-differentiable in ``x`` to any order.
+differentiable in ``x`` (and in its float parameters) to any order when called directly.
+Through :mod:`mtt_fast.ops.dsa` (``backend="torch"``) the same functions run as launchers
+under the op's one autograd Function, with the gradient contract of every backend.
+
+Each op is affine in ``x``; ``<op>_adjoint(g, *params)`` applies the transpose of its
+linear part (the vector-Jacobian product), which is the op's backward:
+``affine_adjoint`` and ``color_adjoint`` are autograd's own VJP of the spec (exactly the
+numbers differentiating the spec gives), ``crop_adjoint`` is the crop by ``-shift``;
+``flip`` and ``cutout`` are their own adjoints.
 """
 
 from __future__ import annotations
@@ -89,3 +97,35 @@ def color(
     x = (x - m) * v(saturation) + m
     m = x.mean(dim=(1, 2, 3), keepdim=True)
     return (x - m) * v(contrast) + m
+
+
+# --------------------------------------------------------------------------- adjoints
+
+
+def _vjp(fn, g: torch.Tensor, *params) -> torch.Tensor:
+    # The op is affine in x, so its VJP does not depend on x: take it at x = 0.
+    with torch.enable_grad():
+        z = torch.zeros_like(g, requires_grad=True)
+        (gx,) = torch.autograd.grad(fn(z, *params), z, g)
+    return gx
+
+
+def affine_adjoint(g: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Transpose of :func:`affine` in ``x``: ``g (B, C, H, W)`` -> ``(B, C, H, W)``."""
+    return _vjp(affine, g, theta)
+
+
+def crop_adjoint(g: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Transpose of :func:`crop`: the crop by ``-shift`` (zero border)."""
+    return crop(g, -shift)
+
+
+def color_adjoint(
+    g: torch.Tensor,
+    brightness: torch.Tensor,
+    saturation: torch.Tensor,
+    contrast: torch.Tensor,
+) -> torch.Tensor:
+    """Transpose of the linear part of :func:`color` (``brightness`` plays no part); that
+    part is self-adjoint, so this is also its own adjoint."""
+    return _vjp(color, g, brightness, saturation, contrast)

@@ -1,26 +1,22 @@
-"""Triton kernels for the DSA ops, forward and backward with respect to the images.
+"""Launchers of the ``triton`` DSA backend: Triton kernels for the DSA ops and their
+adjoints (the backward with respect to the images).
 
-Same signatures and semantics as :mod:`mtt_fast.ops.dsa.reference` (the spec). Each op is a
-``torch.autograd.Function`` whose backward launches a Triton kernel.
+Plain functions on tensors, no autograd: :mod:`mtt_fast.ops.dsa` validates the arguments,
+wraps these in its autograd Function and calls them with contiguous images and parameters
+on the images' device, in the compute dtype. Signatures are those of
+:mod:`mtt_fast.ops.dsa.reference`.
 
-* The backward is **first order only** (``once_differentiable``): it is not itself
-  differentiable. MTT never needs more: the student's gradient ``g_i = dl/dtheta`` does
-  not flow through the augmentation, so the meta-gradient only uses one VJP of it.
-* Gradients flow to the images only; the augmentation parameters (``theta``, ``mask``,
-  ``shift``, ``center``, the color factors) are sampled constants and get none. Passing a
-  parameter that requires grad (with grad mode on) raises; use the reference for that.
-* Dtypes: float32, float16 and bfloat16 images are computed in float32; float64 images are
-  computed in float64. Outputs and gradients have the dtype of ``x``.
-* Inputs may be non-contiguous (they are made contiguous); outputs are contiguous NCHW.
+* Dtypes: float32, float16 and bfloat16 images are computed in float32 (the parameters
+  come in float32); float64 images in float64. Outputs have the dtype of ``x``.
 * ``flip``, ``crop`` and ``cutout`` are exact copies (bit-identical to the reference up to
-  the sign of zeros). ``affine``'s backward scatters with ``tl.atomic_add`` into a float32
+  the sign of zeros). ``affine_adjoint`` scatters with ``tl.atomic_add`` into a float32
   (float64) buffer, so on a GPU its summation order, like ``grid_sample``'s CUDA backward,
   is not deterministic; every forward is deterministic (``color`` reduces per image in a
   fixed order, without atomics), so a replayed augmentation is bit-identical.
 
 On CPU tensors the kernels run only under the Triton interpreter (``TRITON_INTERPRET=1``
-set before triton is imported). This module imports without triton; calling an op then
-raises ``RuntimeError``. Nothing here touches a GPU at import time.
+set before triton is imported). This module imports without triton; calling a launcher
+then raises ``RuntimeError``. Nothing here touches a GPU at import time.
 """
 
 from __future__ import annotations
@@ -28,7 +24,6 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from torch.autograd.function import once_differentiable
 
 try:
     import triton
@@ -45,7 +40,17 @@ except ImportError as _exc:  # pragma: no cover - exercised only without triton
         return fn
 
 
-__all__ = ["affine", "flip", "crop", "cutout", "color", "available"]
+__all__ = [
+    "affine",
+    "affine_adjoint",
+    "flip",
+    "crop",
+    "crop_adjoint",
+    "cutout",
+    "color",
+    "color_adjoint",
+    "available",
+]
 
 _FLIP, _CROP, _CUTOUT = 0, 1, 2
 
@@ -239,39 +244,17 @@ def _interpreted() -> bool:
     return type(_remap_kernel).__name__ == "InterpretedFunction"
 
 
-def _check_x(x: torch.Tensor, op: str) -> None:
+def _require(x: torch.Tensor) -> None:
     if _IMPORT_ERROR is not None:
         raise RuntimeError(
             f"the Triton DSA backend needs the `triton` package, which failed to import "
             f"({_IMPORT_ERROR}); use backend='torch' or 'native'"
         )
-    if not torch.is_tensor(x) or x.dim() != 4:
-        got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-        raise ValueError(f"dsa.triton.{op}: expected images of shape (B, C, H, W), got {got}")
-    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        raise ValueError(f"dsa.triton.{op}: expected floating images, got dtype {x.dtype}")
     if x.device.type == "cpu" and not _interpreted():
         raise RuntimeError(
-            f"dsa.triton.{op}: Triton runs on CPU tensors only through its interpreter; set "
+            "Triton runs on CPU tensors only through its interpreter; set "
             "TRITON_INTERPRET=1 before triton is imported, or use a CUDA tensor"
         )
-    if x.device.type not in ("cpu", "cuda"):
-        raise RuntimeError(f"dsa.triton.{op}: unsupported device {x.device}")
-
-
-def _no_param_grad(op: str, **params: torch.Tensor) -> None:
-    if not torch.is_grad_enabled():
-        return
-    for name, t in params.items():
-        if torch.is_tensor(t) and t.requires_grad:
-            raise NotImplementedError(
-                f"dsa.triton.{op}: no gradient for the parameter {name!r} (it requires grad); "
-                "use backend='torch' to differentiate the augmentation parameters"
-            )
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _device_ctx(t: torch.Tensor):
@@ -280,15 +263,6 @@ def _device_ctx(t: torch.Tensor):
 
 def _block(hw: int, cap: int = 1024) -> int:
     return max(16, min(cap, triton.next_power_of_2(hw)))
-
-
-def _per_image(t: torch.Tensor, B: int, name: str, op: str, dtype, device) -> torch.Tensor:
-    t = torch.as_tensor(t).reshape(-1)
-    if t.numel() == 1 and B != 1:
-        t = t.expand(B)
-    if t.numel() != B:
-        raise ValueError(f"dsa.triton.{op}: {name} must have shape ({B},), got {tuple(t.shape)}")
-    return t.to(device=device, dtype=dtype).contiguous()
 
 
 # --------------------------------------------------------------------------- launchers
@@ -357,189 +331,57 @@ def _color_launch(
     return out
 
 
-# --------------------------------------------------------------------------- autograd
-
-
-class _Affine(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(theta)
-        ctx.x_dtype = x.dtype
-        return _affine_fwd(x, theta)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g: torch.Tensor):
-        (theta,) = ctx.saved_tensors
-        gx = _affine_bwd(g.contiguous(), theta, ctx.x_dtype) if ctx.needs_input_grad[0] else None
-        return gx, None
-
-
-class _Flip(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(mask)
-        return _remap(x, mask, _FLIP)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g: torch.Tensor):
-        (mask,) = ctx.saved_tensors
-        gx = _remap(g.contiguous(), mask, _FLIP) if ctx.needs_input_grad[0] else None
-        return gx, None
-
-
-class _Crop(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(shift)
-        return _remap(x, shift, _CROP, 1)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g: torch.Tensor):
-        (shift,) = ctx.saved_tensors
-        gx = _remap(g.contiguous(), shift, _CROP, -1) if ctx.needs_input_grad[0] else None
-        return gx, None
-
-
-class _Cutout(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, center: torch.Tensor, size: tuple[int, int]):
-        ctx.save_for_backward(center)
-        ctx.size = size
-        return _remap(x, center, _CUTOUT, 1, size)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g: torch.Tensor):
-        (center,) = ctx.saved_tensors
-        gx = None
-        if ctx.needs_input_grad[0]:
-            gx = _remap(g.contiguous(), center, _CUTOUT, 1, ctx.size)
-        return gx, None, None
-
-
-class _Color(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, b, s, k):
-        ctx.save_for_backward(s, k)
-        return _color_launch(x, b, s, k)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g: torch.Tensor):
-        s, k = ctx.saved_tensors
-        gx = _color_launch(g.contiguous(), None, s, k) if ctx.needs_input_grad[0] else None
-        return gx, None, None, None
-
-
-# --------------------------------------------------------------------------- public ops
+# --------------------------------------------------------------------------- public launchers
 
 
 def affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Bilinear resampling on the affine grid ``theta`` (scale, rotate); see the reference.
+    """Bilinear resampling on ``theta: (B, 2, 3)`` (compute dtype); zeros outside."""
+    _require(x)
+    return _affine_fwd(x, theta)
 
-    Args:
-        x: (B, C, H, W) images.
-        theta: (B, 2, 3) affine matrices in normalised coordinates (align_corners=True);
-            no gradient.
 
-    Returns:
-        (B, C, H, W), dtype of ``x``; samples outside the image read zero. The backward
-        (first order only) scatters with atomics.
-    """
-    _check_x(x, "affine")
-    _no_param_grad("affine", theta=theta)
-    B = x.shape[0]
-    if tuple(theta.shape) != (B, 2, 3):
-        raise ValueError(f"dsa.triton.affine: theta must have shape ({B}, 2, 3), got {tuple(theta.shape)}")
-    theta = theta.detach().to(device=x.device, dtype=_compute_dtype(x.dtype)).contiguous()
-    return _Affine.apply(x.contiguous(), theta)
+def affine_adjoint(g: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Transpose of :func:`affine` in ``x``: scatters ``w * g`` onto the bilinear taps."""
+    _require(g)
+    return _affine_bwd(g, theta, g.dtype)
 
 
 def flip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Horizontal flip (along W) of the images where ``mask`` is True.
-
-    Args:
-        x: (B, C, H, W) images.
-        mask: (B,) bool.
-
-    Returns:
-        (B, C, H, W); the backward (first order only) is the same flip.
-    """
-    _check_x(x, "flip")
-    B = x.shape[0]
-    mask = mask.reshape(-1)
-    if mask.numel() != B:
-        raise ValueError(f"dsa.triton.flip: mask must have shape ({B},), got {tuple(mask.shape)}")
-    mask = mask.detach().to(device=x.device).contiguous()
-    return _Flip.apply(x.contiguous(), mask)
+    """Flip along W where ``mask: (B,)`` bool; its own adjoint."""
+    _require(x)
+    return _remap(x, mask, _FLIP)
 
 
 def crop(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Integer translation with zero border: ``out[b, :, i, j] = x[b, :, i + dy, j + dx]``.
+    """Integer translation by ``shift: (B, 2)`` int64 with zero border."""
+    _require(x)
+    return _remap(x, shift, _CROP, 1)
 
-    Args:
-        x: (B, C, H, W) images.
-        shift: (B, 2) integer ``(dy, dx)`` per image.
 
-    Returns:
-        (B, C, H, W); the backward (first order only) is the crop by ``-shift``.
-    """
-    _check_x(x, "crop")
-    B = x.shape[0]
-    if tuple(shift.shape) != (B, 2):
-        raise ValueError(f"dsa.triton.crop: shift must have shape ({B}, 2), got {tuple(shift.shape)}")
-    shift = shift.detach().to(device=x.device, dtype=torch.int64).contiguous()
-    return _Crop.apply(x.contiguous(), shift)
+def crop_adjoint(g: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Transpose of :func:`crop`: the same kernel reading at ``-shift``."""
+    _require(g)
+    return _remap(g, shift, _CROP, -1)
 
 
 def cutout(x: torch.Tensor, center: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Zero a ``size = (h, w)`` square per image (rows ``[cy - h // 2, cy - h // 2 + h)``).
-
-    Args:
-        x: (B, C, H, W) images.
-        center: (B, 2) integer ``(cy, cx)`` per image.
-        size: ``(h, w)`` python ints.
-
-    Returns:
-        (B, C, H, W); the backward (first order only) masks the gradient the same way.
-    """
-    _check_x(x, "cutout")
-    B = x.shape[0]
-    if tuple(center.shape) != (B, 2):
-        raise ValueError(f"dsa.triton.cutout: center must have shape ({B}, 2), got {tuple(center.shape)}")
-    h, w = (int(v) for v in size)
-    if h < 0 or w < 0:
-        raise ValueError(f"dsa.triton.cutout: size must be >= 0, got {tuple(size)}")
-    center = center.detach().to(device=x.device, dtype=torch.int64).contiguous()
-    return _Cutout.apply(x.contiguous(), center, (h, w))
+    """Zero a ``size = (h, w)`` square at ``center: (B, 2)`` int64; its own adjoint."""
+    _require(x)
+    return _remap(x, center, _CUTOUT, 1, size)
 
 
 def color(
-    x: torch.Tensor,
-    brightness: torch.Tensor,
-    saturation: torch.Tensor,
-    contrast: torch.Tensor,
+    x: torch.Tensor, brightness: torch.Tensor, saturation: torch.Tensor, contrast: torch.Tensor
 ) -> torch.Tensor:
-    """Brightness, then saturation, then contrast, fused into one kernel (two sweeps).
+    """Brightness, saturation, contrast (each (B,)) fused into one kernel (two sweeps)."""
+    _require(x)
+    return _color_launch(x, brightness, saturation, contrast)
 
-    Args:
-        x: (B, C, H, W) images.
-        brightness: (B,) added to every pixel.
-        saturation: (B,) factor about the per-pixel channel mean.
-        contrast: (B,) factor about the per-image mean over (C, H, W).
 
-    Returns:
-        (B, C, H, W). The backward (first order only, one kernel) is
-        ``c * (s * g + (1 - s) * mean_c(g)) + (1 - c) * mean_chw(g)``.
-    """
-    _check_x(x, "color")
-    _no_param_grad("color", brightness=brightness, saturation=saturation, contrast=contrast)
-    B = x.shape[0]
-    ct = _compute_dtype(x.dtype)
-    b = _per_image(brightness.detach(), B, "brightness", "color", ct, x.device)
-    s = _per_image(saturation.detach(), B, "saturation", "color", ct, x.device)
-    k = _per_image(contrast.detach(), B, "contrast", "color", ct, x.device)
-    return _Color.apply(x.contiguous(), b, s, k)
+def color_adjoint(
+    g: torch.Tensor, brightness: torch.Tensor, saturation: torch.Tensor, contrast: torch.Tensor
+) -> torch.Tensor:
+    """Transpose of the linear part of :func:`color` (one kernel):
+    ``c * (s * g + (1 - s) * mean_c(g)) + (1 - c) * mean_chw(g)``."""
+    _require(g)
+    return _color_launch(g, None, saturation, contrast)

@@ -1,26 +1,95 @@
-"""ZCA ops with backend dispatch (see :mod:`mtt_fast.backends`).
+"""ZCA whitening: the ``zca_apply`` op (validation, the one autograd Function, dispatch)
+and the one fit.
 
-``zca_apply`` whitens images with a fitted ``(mean, matrix)``; ``zca_fit`` fits them
-(kornia's ``ZCAWhitening(eps=0.1)`` formula, in float64). Backends of ``zca_apply``:
-``torch`` (:mod:`.reference`), ``triton`` (:mod:`.triton`, one fused kernel) and
-``native`` (the compiled op, :mod:`.native`).
+The specification (fit, apply, inverse) is :mod:`.reference`; :class:`mtt_fast.data.ZCA`
+holds a fitted state and calls these functions. ``zca_apply`` backends (declared below with
+:func:`mtt_fast.backends.register`, best first for ``auto``):
+
+* ``native``: the compiled ``torch.ops.mtt_fast.zca_apply`` (:mod:`.native`);
+* ``triton``: one fused Triton kernel (:mod:`.triton`); implicit on CUDA tensors only;
+* ``torch``: the reference (:mod:`.reference`).
+
+The kernels compute in float32 and take uint8 / float16 / bfloat16 / float32 images; float64
+images are computed in float64 by the reference alone (``auto`` sends them there; an
+explicit kernel backend for float64 is a ``ValueError``).
+
+Gradient contract, the same for every backend: float ``x`` gets its gradient
+``(g @ matrix^T) * scale`` (dtype of ``x``), computed by one matmul in plain PyTorch, so the
+backward is itself differentiable. The fitted ``mean`` and ``matrix`` are constants and get
+none; passing one that requires grad while grad mode is on is a ``ValueError``
+(differentiate :func:`.reference.zca_apply` directly for that).
 """
 
 from __future__ import annotations
 
-import importlib
+from types import ModuleType
 
 import torch
 
 from mtt_fast import backends
-from mtt_fast.ops.zca import reference
-from mtt_fast.ops.zca.reference import check_apply_args, default_scale
+from mtt_fast.ops.zca.reference import compute_dtype, default_scale, zca_fit, zca_inverse
 
-__all__ = ["zca_apply", "zca_fit"]
+__all__ = ["zca_apply", "zca_fit", "zca_inverse"]
 
-# rows of the centred images per covariance product: bounds zca_fit's extra memory to
-# about _FIT_CHUNK * D * 8 bytes besides the (D, D) float64 covariance.
-_FIT_CHUNK = 4096
+_KERNEL_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32)
+backends.register(
+    "zca",
+    backends.Backend(
+        "native", "mtt_fast.ops.zca.native", _KERNEL_DTYPES, runtime=backends.compiled("zca_apply")
+    ),
+    backends.Backend(
+        "triton",
+        "mtt_fast.ops.zca.triton",
+        _KERNEL_DTYPES,
+        runtime=backends.triton_runtime,
+        auto_devices=("cuda",),
+    ),
+    backends.Backend("torch", "mtt_fast.ops.zca.reference", (*_KERNEL_DTYPES, torch.float64)),
+)
+
+
+class _ZCAFunction(torch.autograd.Function):
+    """``impl.zca_apply(x, mean, matrix, scale)``; gradient to ``x`` only, by a matmul in
+    plain PyTorch (differentiable again)."""
+
+    @staticmethod
+    def forward(ctx, impl: ModuleType, x, mean, matrix, scale: float):
+        if ctx.needs_input_grad[1]:
+            ctx.save_for_backward(matrix)
+            ctx.scale, ctx.x_dtype = scale, x.dtype
+        return impl.zca_apply(x, mean, matrix, scale)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        gx = None
+        if ctx.needs_input_grad[1]:
+            (matrix,) = ctx.saved_tensors
+            flat = g.reshape(g.shape[0], -1).to(matrix.dtype)
+            gx = ((flat @ matrix.T) * ctx.scale).reshape(g.shape).to(ctx.x_dtype)
+        return None, gx, None, None, None
+
+
+def _check(x, mean, matrix) -> None:
+    def shape(t) -> str:
+        return str(tuple(t.shape)) if torch.is_tensor(t) else type(t).__name__
+
+    if not torch.is_tensor(x) or x.dim() != 4:
+        raise ValueError(f"x: expected a (N, C, H, W) tensor, got {shape(x)}")
+    if not (x.dtype == torch.uint8 or x.is_floating_point()):
+        raise ValueError(f"x: expected uint8 or float, got {x.dtype}")
+    D = x.shape[1] * x.shape[2] * x.shape[3]
+    for name, t, want in (("mean", mean, (D,)), ("matrix", matrix, (D, D))):
+        if not torch.is_tensor(t) or tuple(t.shape) != want:
+            raise ValueError(
+                f"{name}: expected shape {want} (D = C*H*W of x {tuple(x.shape)}), got {shape(t)}"
+            )
+        if not t.is_floating_point():
+            raise ValueError(f"{name}: expected a float tensor, got {t.dtype}")
+        if t.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                f"{name}: the fitted ZCA state gets no gradient, but {name} requires grad; "
+                "detach it (or differentiate mtt_fast.ops.zca.reference.zca_apply directly)"
+            )
 
 
 def zca_apply(
@@ -30,91 +99,28 @@ def zca_apply(
     scale: float | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """Whiten images: ``((x * scale).flatten(1) - mean) @ matrix``, float32 out.
+    """Whiten images: ``((x * scale).flatten(1) - mean) @ matrix``.
 
     Args:
-        x: (N, C, H, W) uint8 or float images.
-        mean: (D,) mean image, D = C*H*W.
-        matrix: (D, D) whitening (or inverse) matrix, row-vector convention.
+        x: (N, C, H, W) uint8 or float images (any layout).
+        mean: (D,) float mean image, D = C*H*W.
+        matrix: (D, D) float whitening (or any) matrix, row-vector convention.
         scale: multiplies ``x`` first; default ``1/255`` for uint8 and ``1`` for float.
-        backend: ``"auto"`` | ``"torch"`` | ``"native"`` | ``"triton"``; ``None`` reads
-            ``MTT_FAST_BACKEND``, else auto. The one used is recorded in
+        backend: ``None`` (``MTT_FAST_BACKEND``, else auto) | ``"auto"`` | ``"torch"`` |
+            ``"native"`` | ``"triton"``. The one used is recorded in
             ``mtt_fast.backends.last_used["zca"]``.
 
     Returns:
-        (N, C, H, W) float32 on ``x``'s device.
+        (N, C, H, W) on ``x``'s device: float64 for float64 ``x``, else float32.
 
     Raises:
-        ValueError: bad shapes (naming the expected and the given shape) or an unknown /
-            unavailable backend (listing the available ones).
+        ValueError: a bad argument (named, with the expected and the given shape or dtype),
+            or an unknown / unavailable backend (listing the available ones).
     """
-    check_apply_args(x, mean, matrix)
-    which = backends.resolve("zca", backend, x.device)
-    backends.last_used["zca"] = which
-    if which == "torch":
-        return reference.zca_apply(x, mean, matrix, scale)
-    mod = importlib.import_module(f"mtt_fast.ops.zca.{which}")
-    return mod.zca_apply(x, mean, matrix, scale)
-
-
-def zca_fit(
-    images: torch.Tensor,
-    eps: float = 0.1,
-    device: torch.device | str | None = None,
-    scale: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fit ZCA whitening in float64 on ``device`` (default: the images' device).
-
-    The covariance is accumulated by matrix products over chunks of images (no float64
-    copy of the whole set) and decomposed with ``torch.linalg.eigh`` on that device; a
-    device without float64 (or float64 ``eigh``) falls back to the CPU.
-
-    Args:
-        images: (N, C, H, W) uint8 or float, N >= 2.
-        eps: added to the covariance eigenvalues (default 0.1, kornia's).
-        device: where to compute (default ``images.device``).
-        scale: multiplies the images first; default ``1/255`` for uint8, ``1`` for float.
-
-    Returns:
-        ``(mean (D,), matrix (D, D), inverse_matrix (D, D))`` float32 on ``device``:
-        ``matrix = U diag(1/sqrt(S + eps)) U^T``, ``inverse_matrix = U diag(sqrt(S + eps))
-        U^T`` for the unbiased covariance ``U diag(S) U^T`` (negative round-off
-        eigenvalues clamped to 0).
-    """
-    if not torch.is_tensor(images) or images.dim() < 2 or images.shape[0] < 2:
-        got = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
-        raise ValueError(f"zca_fit needs at least 2 images of shape (N, C, H, W), got {got}")
-    if not (images.dtype == torch.uint8 or images.is_floating_point()):
-        raise ValueError(f"zca_fit expects uint8 or float images, got dtype {images.dtype}")
-    if eps < 0:
-        raise ValueError(f"zca_fit: eps must be >= 0, got {eps!r}")
-    dev = torch.device(device) if device is not None else images.device
-    s = default_scale(images, scale)
-    try:
-        mean, cov = _moments(images, s, dev)
-    except (RuntimeError, TypeError):  # e.g. MPS: no float64 tensors
-        mean, cov = _moments(images, s, torch.device("cpu"))
-    try:
-        evals, evecs = torch.linalg.eigh(cov)
-    except (RuntimeError, TypeError, NotImplementedError):
-        evals, evecs = torch.linalg.eigh(cov.cpu())
-    evals = evals.clamp_min(0) + eps
-    matrix = (evecs * evals.rsqrt()) @ evecs.T
-    inverse = (evecs * evals.sqrt()) @ evecs.T
-    return tuple(t.to(device=dev, dtype=torch.float32) for t in (mean, matrix, inverse))
-
-
-def _moments(images: torch.Tensor, s: float, dev: torch.device):
-    N = images.shape[0]
-    flat = images.reshape(N, -1)
-    D = flat.shape[1]
-    total = torch.zeros(D, dtype=torch.float64, device=dev)
-    for i in range(0, N, _FIT_CHUNK):
-        total += flat[i : i + _FIT_CHUNK].to(device=dev, dtype=torch.float64).sum(0)
-    mean = total * s / N
-    cov = torch.zeros(D, D, dtype=torch.float64, device=dev)
-    for i in range(0, N, _FIT_CHUNK):
-        xc = flat[i : i + _FIT_CHUNK].to(device=dev, dtype=torch.float64) * s - mean
-        cov.addmm_(xc.T, xc)
-    cov /= N - 1
-    return mean, cov
+    _check(x, mean, matrix)
+    s = default_scale(x, scale)
+    ct = compute_dtype(x.dtype)
+    mean = mean.detach().to(device=x.device, dtype=ct).contiguous()
+    matrix = matrix.detach().to(device=x.device, dtype=ct).contiguous()
+    impl = backends.dispatch("zca", backend, x)
+    return _ZCAFunction.apply(impl, x.contiguous(), mean, matrix, s)

@@ -1,18 +1,18 @@
-"""Fused Triton ZCA apply: ``((x * scale).flatten(1) - mean) @ matrix`` in one kernel.
+"""Launcher of the ``triton`` backend of ``zca_apply``: ``((x * scale).flatten(1) - mean)
+@ matrix`` in one fused kernel.
 
 Each program loads uint8 / float16 / bfloat16 / float32 image tiles, scales and centres
 them in registers, multiplies them with tiles of the whitening matrix (``tl.dot``,
 float32 accumulation) and stores float32: the images are read once from memory (no
-float32 copy, no centred copy) and the output written once. Float64 images are cast to
-float32 on the host first (the result is float32 either way).
+float32 copy, no centred copy) and the output written once.
+
+A plain function on tensors, no autograd: :func:`mtt_fast.ops.zca.zca_apply` validates the
+arguments, wraps it in its autograd Function and calls it with contiguous images and
+float32 ``mean`` / ``matrix`` on the images' device.
 
 Precision: ``input_precision="ieee"`` (default) is true float32 products, matching the
 reference to float32 round-off. On a GPU ``"tf32x3"`` (near-float32 accuracy on tensor
 cores) or ``"tf32"`` (about 1e-3 relative error) are faster; the interpreter ignores it.
-
-Gradient: with respect to ``x`` only (float ``x``), by one matmul with ``matrix^T``; the
-fitted ``mean`` and ``matrix`` get none (passing ones that require grad raises). The
-backward is not itself differentiable.
 
 This module imports without triton; calling it then raises ``RuntimeError``. On CPU
 tensors it runs only under the Triton interpreter (``TRITON_INTERPRET=1``).
@@ -24,9 +24,6 @@ import contextlib
 import math
 
 import torch
-from torch.autograd.function import once_differentiable
-
-from mtt_fast.ops.zca.reference import check_apply_args, default_scale
 
 try:
     import triton
@@ -120,40 +117,22 @@ def _launch(
     return out
 
 
-class _ZCAApply(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x2, mean, matrix, scale, precision, config):
-        ctx.save_for_backward(matrix)
-        ctx.scale = scale
-        ctx.x_dtype = x2.dtype
-        return _launch(x2, mean, matrix, scale, precision, config)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g):
-        (matrix,) = ctx.saved_tensors
-        gx = None
-        if ctx.needs_input_grad[0]:
-            gx = ((g @ matrix.T) * ctx.scale).to(ctx.x_dtype)
-        return gx, None, None, None, None, None
-
-
 def zca_apply(
     x: torch.Tensor,
     mean: torch.Tensor,
     matrix: torch.Tensor,
-    scale: float | None = None,
+    scale: float,
     *,
     input_precision: str = "ieee",
     config: dict | None = None,
 ) -> torch.Tensor:
-    """Whiten images with the fused Triton kernel; the reference's contract.
+    """Whiten images with the fused kernel.
 
     Args:
-        x: (N, C, H, W) uint8 or float images (any layout; made contiguous).
-        mean: (D,) mean image, D = C*H*W.
-        matrix: (D, D) whitening matrix (row-vector convention).
-        scale: multiplies ``x`` first; default ``1/255`` for uint8 and ``1`` for float.
+        x: (N, C, H, W) contiguous uint8 / float16 / bfloat16 / float32 images.
+        mean: (D,) float32 mean image, D = C*H*W.
+        matrix: (D, D) float32 contiguous whitening matrix (row-vector convention).
+        scale: multiplies ``x`` first.
         input_precision: ``"ieee"`` (default), ``"tf32x3"`` or ``"tf32"`` for ``tl.dot``.
         config: override of the tile sizes (``BLOCK_M``, ``BLOCK_N``, ``BLOCK_K``,
             ``GROUP_M``, optionally ``num_warps`` / ``num_stages``); for tests and tuning.
@@ -166,26 +145,16 @@ def zca_apply(
             f"the Triton ZCA backend needs the `triton` package, which failed to import "
             f"({_IMPORT_ERROR}); use backend='torch' or 'native'"
         )
-    N, D = check_apply_args(x, mean, matrix)
     if input_precision not in _PRECISIONS:
         raise ValueError(
-            f"input_precision must be one of {', '.join(_PRECISIONS)}, got {input_precision!r}"
+            f"input_precision: expected one of {', '.join(_PRECISIONS)}, got {input_precision!r}"
         )
     if x.device.type == "cpu" and type(_zca_apply_kernel).__name__ != "InterpretedFunction":
         raise RuntimeError(
-            "zca.triton.zca_apply: Triton runs on CPU tensors only through its interpreter; "
-            "set TRITON_INTERPRET=1 before triton is imported, or use a CUDA tensor"
+            "Triton runs on CPU tensors only through its interpreter; set "
+            "TRITON_INTERPRET=1 before triton is imported, or use a CUDA tensor"
         )
-    if torch.is_grad_enabled() and (mean.requires_grad or matrix.requires_grad):
-        raise NotImplementedError(
-            "zca.triton.zca_apply gives no gradient for mean / matrix; use backend='torch'"
-        )
-    s = default_scale(x, scale)
-    x2 = x.reshape(N, D)
-    if x2.dtype == torch.float64:
-        x2 = x2.to(torch.float32)
-    x2 = x2.contiguous()
-    m = mean.detach().to(device=x.device, dtype=torch.float32).contiguous()
-    w = matrix.detach().to(device=x.device, dtype=torch.float32).contiguous()
-    out = _ZCAApply.apply(x2, m, w, s, input_precision, config)
+    N = x.shape[0]
+    x2 = x.reshape(N, -1).contiguous()
+    out = _launch(x2, mean.contiguous(), matrix.contiguous(), float(scale), input_precision, config)
     return out.reshape(x.shape)
