@@ -164,3 +164,27 @@ def data_root():
     if not root.is_dir():
         pytest.skip(f"real data folder {root} is absent (the repository's ../shared/data)")
     return root
+
+
+@pytest.fixture(scope="session")
+def digits_subset():
+    """``make(n_train, n_test)``: the first images of scikit-learn's digits as a
+    :class:`mtt_fast.data.Prepared` (offline, normalised, cached)."""
+    from mtt_fast.data import Prepared, prepare
+
+    full = prepare("digits")
+
+    @functools.cache
+    def make(n_train: int, n_test: int) -> Prepared:
+        return Prepared(
+            name=full.name,
+            train_images=full.train_images[:n_train],
+            train_labels=full.train_labels[:n_train],
+            test_images=full.test_images[:n_test],
+            test_labels=full.test_labels[:n_test],
+            classes=full.classes,
+            mean=full.mean,
+            std=full.std,
+        )
+
+    return make

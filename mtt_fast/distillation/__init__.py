@@ -155,24 +155,6 @@ def _data_info(data: Any) -> dict:
     }
 
 
-def _data_device(data: Any) -> torch.device:
-    t = getattr(data, "train_images", None)
-    return t.device if torch.is_tensor(t) else torch.device("cpu")
-
-
-def _data_info(data: Any) -> dict:
-    return {
-        "name": getattr(data, "name", None),
-        "classes": list(getattr(data, "classes", [])),
-        "num_classes": int(data.num_classes),
-        "channels": int(data.channels),
-        "im_size": list(data.im_size),
-        "zca": bool(getattr(data, "zca_flag", False)),
-        "mean": list(getattr(data, "mean", ()) or ()),
-        "std": list(getattr(data, "std", ()) or ()),
-    }
-
-
 def _open_store(store: Any):
     from mtt_fast.experts import TrajectoryStore
 

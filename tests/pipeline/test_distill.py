@@ -9,9 +9,9 @@ import torch
 
 import mtt_fast.matching as matching
 from mtt_fast import data as mdata
+from mtt_fast.config import DistillConfig, preset
 from mtt_fast.distillation import CHECKPOINT, DistillDiverged, distill, init_synthetic
 from mtt_fast.experts import train_experts
-from mtt_fast.config import DistillConfig, preset
 from mtt_fast.utils import atomic_save, read_jsonl, save_image_grid
 
 MK = {"width": 16, "depth": 2}

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import mtt_fast
-from mtt_fast.data import Prepared, prepare
 from mtt_fast.evaluation import EvalReport, coreset, evaluate, evaluate_baselines
 from mtt_fast.models import get_model
 from mtt_fast.training import evaluate_accuracy, train_and_test
@@ -17,18 +16,8 @@ KW = {"width": 8, "depth": 2}
 
 
 @pytest.fixture(scope="module")
-def tiny() -> Prepared:
-    d = prepare("digits")
-    return Prepared(
-        name=d.name,
-        train_images=d.train_images[:400],
-        train_labels=d.train_labels[:400],
-        test_images=d.test_images[:150],
-        test_labels=d.test_labels[:150],
-        classes=d.classes,
-        mean=d.mean,
-        std=d.std,
-    )
+def tiny(digits_subset):
+    return digits_subset(400, 150)
 
 
 def test_coreset_random_and_herding(tiny):

@@ -11,7 +11,6 @@ import torch
 
 import mtt_fast
 from mtt_fast import training
-from mtt_fast.data import Prepared, prepare
 from mtt_fast.experts import StoreMeta, TrajectoryStore, train_experts
 from mtt_fast.models import flatten, get_model
 
@@ -19,18 +18,8 @@ KW = {"width": 8, "depth": 2}
 
 
 @pytest.fixture(scope="module")
-def tiny() -> Prepared:
-    d = prepare("digits")
-    return Prepared(
-        name=d.name,
-        train_images=d.train_images[:300],
-        train_labels=d.train_labels[:300],
-        test_images=d.test_images[:100],
-        test_labels=d.test_labels[:100],
-        classes=d.classes,
-        mean=d.mean,
-        std=d.std,
-    )
+def tiny(digits_subset):
+    return digits_subset(300, 100)
 
 
 def _run(out, tiny, n, **kw):

@@ -54,7 +54,6 @@ def test_an_out_that_is_a_file_is_one_line(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
     from mtt_fast.cli import main
-
     from mtt_fast.experts import train_experts
 
     train_experts(num_experts=1, epochs=1, batch_size=512, out=tmp_path / "s", progress=False,

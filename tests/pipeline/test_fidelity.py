@@ -10,13 +10,11 @@ import torch
 
 import mtt_fast
 from mtt_fast import evaluation, training
-from mtt_fast.evaluation import protocol as _protocol  # noqa: F401  (monkeypatched)
-from mtt_fast.cli import build_parser, main
-from mtt_fast.cli import config_from_args
-from mtt_fast.data import Prepared, prepare
-from mtt_fast.experts import train_experts
+from mtt_fast.cli import build_parser, config_from_args, main
 from mtt_fast.config import EXPERT_LR, known_presets, preset
+from mtt_fast.evaluation import protocol as _protocol  # noqa: F401  (monkeypatched)
 from mtt_fast.evaluation.published import published
+from mtt_fast.experts import train_experts
 
 
 @pytest.fixture(autouse=True)
@@ -27,18 +25,8 @@ def _threads():
 
 
 @pytest.fixture(scope="module")
-def tiny() -> Prepared:
-    d = prepare("digits")
-    return Prepared(
-        name=d.name,
-        train_images=d.train_images[:200],
-        train_labels=d.train_labels[:200],
-        test_images=d.test_images[:50],
-        test_labels=d.test_labels[:50],
-        classes=d.classes,
-        mean=d.mean,
-        std=d.std,
-    )
+def tiny(digits_subset):
+    return digits_subset(200, 50)
 
 
 # ------------------------------------------------------------------ 1. experts' lr
