@@ -18,6 +18,7 @@ with status 3.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 from pathlib import Path
@@ -252,6 +253,38 @@ def _kinds_arg(s: str) -> tuple[str, ...]:
     return out
 
 
+def _check_common(a: argparse.Namespace) -> None:
+    """What can be checked before any work starts: threads, device, output folders."""
+    if a.threads is not None and a.threads < 1:
+        raise _Fail(f"--threads must be >= 1, got {a.threads}")
+    dev = getattr(a, "device", None)
+    if dev is not None:
+        try:
+            d = torch.device(dev)
+        except (RuntimeError, ValueError):
+            raise _Fail(f"--device {dev!r} is not a device (cpu, cuda, cuda:N)") from None
+        if d.type == "cuda" and not torch.cuda.is_available():
+            why = "this torch is a CPU build" if not torch.version.cuda else "no CUDA GPU is visible"
+            raise _Fail(f"--device {dev}: {why} (torch {torch.__version__})")
+        if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+            raise _Fail(f"--device {dev}: only {torch.cuda.device_count()} CUDA device(s)")
+        if d.type not in ("cpu", "cuda"):
+            raise _Fail(f"--device {dev}: only cpu and cuda are supported")
+    out = getattr(a, "out", None)
+    if out:
+        p = Path(out)
+        folder = p.parent if a.command == "eval" else p  # eval --out is a file
+        if folder.exists() and not folder.is_dir():
+            raise _Fail(f"--out {out}: {folder} is a file, not a folder")
+        probe = folder
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir():
+            raise _Fail(f"--out {out}: {probe} is a file, not a folder")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise _Fail(f"--out {out}: {probe} is not writable")
+
+
 def _fmt(r: dict | None) -> str:
     if not r:
         return "-"
@@ -348,9 +381,13 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     from mtt_fast.synthetic import SyntheticSet
     from mtt_fast.utils import atomic_write_json
 
+    if a.num_eval < 1 or a.eval_epochs < 1:
+        raise _Fail(f"--num-eval and --eval-epochs must be >= 1, got {a.num_eval} and {a.eval_epochs}")
     syn = SyntheticSet.load(a.synthetic)
     if not syn.dataset:
         raise _Fail(f"{a.synthetic} does not record its dataset")
+    if not bool(torch.isfinite(syn.images).all()):
+        raise _Fail(f"{a.synthetic}: the synthetic images are not all finite (a diverged run?)")
     from mtt_fast.data import prepare
 
     models = _models_arg(a.models) or (syn.model,)
@@ -448,6 +485,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0) if isinstance(e.code, int) else EXIT_USAGE
     if a.command is None:
         parser.print_help()
+        return EXIT_USAGE
+    try:
+        _check_common(a)
+    except _Fail as e:
+        print(f"mtt-fast: error: {e}", file=sys.stderr, flush=True)
         return EXIT_USAGE
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from mtt_fast.distillation import distill
 from mtt_fast.utils import atomic_save, pid_temp_path
@@ -60,3 +61,53 @@ def test_an_out_that_is_a_file_is_one_line(tmp_path):
                   model_kwargs={"width": 4, "depth": 1})  # fmt: skip
     assert main(["distill", "--store", str(tmp_path / "s"), "--out", str(f), "--iterations", "1",
                  "--max-start-epoch", "1", "--expert-epochs", "1", "--no-progress"]) == 2  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--threads", "-3", "info"], "--threads must be >= 1"),
+        (["buffer", "--device", "foo"], "is not a device"),
+        (["buffer", "--device", "cuda"], "--device cuda:"),
+        (["buffer", "--device", "meta"], "only cpu and cuda"),
+    ],
+)
+def test_bad_threads_and_devices_are_one_line(args, msg, capsys):
+    from mtt_fast.cli import main
+
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert msg in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_unwritable_or_file_out_is_refused_before_work(tmp_path, capsys):
+    from mtt_fast.cli import main
+
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert main(["buffer", "--out", str(f / "sub")]) == 2
+    assert f"{f} is a file" in capsys.readouterr().err
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+        assert main(["buffer", "--out", str(ro / "store")]) == 2
+        assert "not writable" in capsys.readouterr().err
+    finally:
+        ro.chmod(0o700)
+
+
+def test_eval_refuses_nan_sets_and_zero_models(tmp_path, capsys):
+    from mtt_fast.cli import main
+    from mtt_fast.synthetic import SyntheticSet
+
+    p = tmp_path / "s.pt"
+    SyntheticSet(torch.full((10, 1, 8, 8), float("nan")), torch.arange(10), 0.01, dataset="digits").save(p)
+    assert main(["eval", str(p), "--num-eval", "1", "--eval-epochs", "1"]) == 2
+    assert "not all finite" in capsys.readouterr().err
+    assert main(["eval", str(p), "--num-eval", "0"]) == 2
+    assert "--num-eval" in capsys.readouterr().err
