@@ -41,6 +41,7 @@ import importlib
 import importlib.util
 import os
 import pkgutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -62,6 +63,7 @@ __all__ = [
     "register",
     "report",
     "resolve",
+    "select",
     "torch_runtime",
     "triton_importable",
     "triton_interpret",
@@ -268,23 +270,51 @@ def resolve(
     return choice
 
 
+def _import(module: str) -> ModuleType:
+    """``module``, imported once."""
+    mod = _MODULES.get(module)
+    if mod is None:
+        mod = _MODULES[module] = importlib.import_module(module)
+    return mod
+
+
+@torch._dynamo.assume_constant_result  # run when dynamo traces, never traced into
+def _imported(module: str) -> str:
+    _import(module)
+    return module
+
+
+def _traced_import(module: str) -> ModuleType:
+    """:func:`_import` in a form ``torch.compile(fullgraph=True)`` traces without a break:
+    dynamo cannot trace ``importlib.import_module`` (nor see a dict that changed while it
+    traced), so the import runs at trace time as a constant-result call and the module is
+    then reached by attributes from its top-level package (live, and guarded)."""
+    top, *parts = _imported(module).split(".")
+    mod = sys.modules[top]
+    for part in parts:
+        mod = getattr(mod, part)
+    return mod
+
+
 def launchers(op: str, backend: str) -> ModuleType:
     """The launchers module of ``backend`` for ``op`` (imported once)."""
     for b in _backends(op):
         if b.name == backend:
-            mod = _MODULES.get(b.module)
-            if mod is None:
-                mod = _MODULES[b.module] = importlib.import_module(b.module)
-            return mod
+            return _traced_import(b.module) if torch.compiler.is_compiling() else _import(b.module)
     raise ValueError(f"op {op!r} has no backend {backend!r}")
 
 
-def dispatch(op: str, backend: str | None, x: torch.Tensor) -> ModuleType:
+def select(op: str, backend: str | None, x: torch.Tensor) -> str:
     """Resolve the backend for ``op`` on ``x``'s device and dtype, record it in
-    :data:`last_used` and return its launchers module."""
+    :data:`last_used` and return its name."""
     name = resolve(op, backend, x.device, x.dtype)
     last_used[op] = name
-    return launchers(op, name)
+    return name
+
+
+def dispatch(op: str, backend: str | None, x: torch.Tensor) -> ModuleType:
+    """:func:`select`, then the launchers module of the backend it picked."""
+    return launchers(op, select(op, backend, x))
 
 
 def report() -> dict[str, dict[str, list[str]]]:

@@ -199,8 +199,8 @@ def test_distill_loop_runs_triton_end_to_end(store, digits, monkeypatch):
     calls = []
     real = backends.resolve
 
-    def spy(op, backend, device):
-        out = real(op, backend, device)
+    def spy(op, backend, device, dtype=None):
+        out = real(op, backend, device, dtype)
         calls.append((op, out))
         return out
 

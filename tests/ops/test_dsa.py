@@ -384,3 +384,34 @@ def test_triton_module_imports_without_triton(monkeypatch):
     assert not mod.available()
     with pytest.raises(RuntimeError, match="triton"):
         mod.flip(torch.zeros(1, 1, 2, 2), torch.ones(1, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("name", ["dsa_affine", "dsa_affine_backward", "dsa_flip", "dsa_crop",
+                                  "dsa_cutout", "dsa_color", "dsa_color_backward"])
+def test_compiled_ops_are_differentiable_as_the_function(name, dsa_params, require_backend):
+    """The autograd formula registered for each compiled op (used wherever the raw op is
+    called: torch.compile graphs, AOTAutograd) gives the very gradient of the autograd
+    Function of mtt_fast.ops.dsa, and is differentiable again (float64 gradgradcheck)."""
+    require_backend("dsa", "native", "cpu")
+    import mtt_fast.ops.dsa.native  # noqa: F401  (registers the autograd formulas)
+
+    op = getattr(torch.ops.mtt_fast, name)
+    x, *params = _op_cases(dsa_params)[name]
+    x = x.double().requires_grad_(True)
+    params = [p.double() if torch.is_tensor(p) and p.is_floating_point() else p for p in params]
+    g = torch.randn_like(x)
+    (got,) = torch.autograd.grad(op(x, *params), x, g)
+    launcher = {"dsa_affine": "affine", "dsa_affine_backward": "affine_adjoint",
+                "dsa_flip": "flip", "dsa_crop": "crop", "dsa_cutout": "cutout",
+                "dsa_color": "color", "dsa_color_backward": "color_adjoint"}[name]
+    fparams = list(params)
+    if name == "dsa_cutout":
+        fparams = [params[0], (params[1], params[2])]
+    elif name == "dsa_color_backward":
+        fparams = [torch.zeros_like(params[0]), *params]
+    (want,) = torch.autograd.grad(
+        dsa._DSAFunction.apply(launcher, "native", x, *fparams), x, g)
+    assert torch.equal(got, want)
+    xs = x[:2].detach().requires_grad_(True)
+    small = [p[:2] if torch.is_tensor(p) else p for p in params]
+    assert torch.autograd.gradgradcheck(lambda t: op(t, *small), (xs,))

@@ -28,8 +28,6 @@ non-contiguous. The backend that ran is recorded in ``mtt_fast.backends.last_use
 
 from __future__ import annotations
 
-from types import ModuleType
-
 import torch
 
 from mtt_fast import backends
@@ -72,16 +70,18 @@ _TENSOR = object()  # placeholder of a saved tensor among the parameters
 
 
 class _DSAFunction(torch.autograd.Function):
-    """``y = impl.<name>(x, *params)`` for a launcher affine in ``x``; the backward is the
-    adjoint launcher through this same Function (so it is differentiable again)."""
+    """``y = <launchers of backend>.<name>(x, *params)`` for a launcher affine in ``x``; the
+    backward is the adjoint launcher through this same Function (so it is differentiable
+    again). The backend travels by name (a constant to ``torch.compile``), never as a
+    module."""
 
     @staticmethod
-    def forward(ctx, name: str, impl: ModuleType, x: torch.Tensor, *params):
+    def forward(ctx, name: str, backend: str, x: torch.Tensor, *params):
         if ctx.needs_input_grad[2]:
-            ctx.name, ctx.impl, ctx.x_dtype = name, impl, x.dtype
+            ctx.name, ctx.backend, ctx.x_dtype = name, backend, x.dtype
             ctx.save_for_backward(*(p for p in params if torch.is_tensor(p)))
             ctx.slots = tuple(_TENSOR if torch.is_tensor(p) else p for p in params)
-        return getattr(impl, name)(x, *params)
+        return getattr(backends.launchers("dsa", backend), name)(x, *params)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
@@ -91,7 +91,14 @@ class _DSAFunction(torch.autograd.Function):
         saved = iter(ctx.saved_tensors)
         params = [next(saved) if s is _TENSOR else s for s in ctx.slots]
         g = g.to(ctx.x_dtype).contiguous()
-        gx = _DSAFunction.apply(_ADJOINT[ctx.name], ctx.impl, g, *params)
+        adjoint = _ADJOINT[ctx.name]
+        if torch.compiler.is_compiling():
+            # dynamo traces this backward once, as a graph, and cannot trace a Function
+            # applied inside it; the adjoint launcher is called directly (the same numbers:
+            # a graph that AOTAutograd compiles is differentiable once anyway)
+            gx = getattr(backends.launchers("dsa", ctx.backend), adjoint)(g, *params)
+        else:
+            gx = _DSAFunction.apply(adjoint, ctx.backend, g, *params)
         return (None, None, gx, *nones)
 
 
@@ -134,8 +141,8 @@ def _param(
 
 
 def _run(name: str, backend: str | None, x: torch.Tensor, *params) -> torch.Tensor:
-    impl = backends.dispatch("dsa", backend, x)
-    return _DSAFunction.apply(name, impl, x.contiguous(), *params)
+    chosen = backends.select("dsa", backend, x)
+    return _DSAFunction.apply(name, chosen, x.contiguous(), *params)
 
 
 # ----------------------------------------------------------------------------- public ops

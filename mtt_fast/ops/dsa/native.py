@@ -1,15 +1,17 @@
 """Launchers of the ``native`` DSA backend: the compiled ``torch.ops.mtt_fast.dsa_*`` ops
 (``csrc/``; CPU: OpenMP over the batch, CUDA: ``csrc/cuda/dsa_kernels.cu``).
 
-Plain functions on tensors, no autograd: :mod:`mtt_fast.ops.dsa` validates the arguments,
-wraps these in its autograd Function and calls them with contiguous float32 / float64
-images, parameters on the images' device, and ``size`` as python ints. Signatures are those
-of :mod:`mtt_fast.ops.dsa.reference`.
+Plain functions on tensors: :mod:`mtt_fast.ops.dsa` validates the arguments, wraps these
+in its autograd Function and calls them with contiguous float32 / float64 images,
+parameters on the images' device, and ``size`` as python ints. Signatures are those of
+:mod:`mtt_fast.ops.dsa.reference`.
 
 Importing this module never fails: without the extension every launcher raises a
 ``RuntimeError`` that says why it is missing (:func:`mtt_fast._ext.load_error`). When the
 extension is loaded, importing it registers the fake (meta) kernels of the ops, for
-``torch.compile`` and ``torch.library.opcheck``.
+``torch.compile`` and ``torch.library.opcheck``, and their autograd formulas (the Function's:
+gradient to the images only, the adjoint op, differentiable again), so that the raw ops,
+hence these launchers, are differentiable wherever they are called, traced graphs included.
 """
 
 from __future__ import annotations
@@ -104,5 +106,51 @@ def _register_fakes() -> None:
         torch.library.register_fake(f"mtt_fast::{name}")(like_first)
 
 
+# Each compiled op is affine in its first argument and its backward is the adjoint op,
+# called through the dispatcher so that it is differentiable again (the adjoint's own
+# backward is the op's linear part): the formulas of the autograd Function of
+# :mod:`mtt_fast.ops.dsa` (whose launchers are those below). Entry: op -> (adjoint op,
+# indices of the op's inputs that the adjoint takes after the gradient).
+_ADJOINT_OPS = {
+    "dsa_affine": ("dsa_affine_backward", (1,)),
+    "dsa_affine_backward": ("dsa_affine", (1,)),
+    "dsa_flip": ("dsa_flip", (1,)),  # its own adjoint
+    "dsa_crop": ("dsa_crop", (1,)),  # adjoint: the crop by -shift
+    "dsa_cutout": ("dsa_cutout", (1, 2, 3)),  # its own adjoint
+    "dsa_color": ("dsa_color_backward", (2, 3)),
+    "dsa_color_backward": ("dsa_color_backward", (1, 2)),  # self-adjoint
+}
+
+
+def _register_autograd() -> None:
+    """Register the backward of every compiled DSA op, so that ``torch.ops.mtt_fast.dsa_*``
+    (hence these launchers) is differentiable wherever it is called: eagerly, and in the
+    graphs that ``torch.compile`` / AOTAutograd trace, which hold the ops themselves.
+    Gradients go to the first (images / gradient) argument only; the parameters get
+    ``None``."""
+    for name, (adjoint, keep) in _ADJOINT_OPS.items():
+        n_inputs = len(getattr(torch.ops.mtt_fast, name).default._schema.arguments)
+
+        def setup_context(ctx, inputs, output, name=name, keep=keep):
+            args = [inputs[i] for i in keep]
+            if name == "dsa_crop":
+                args[0] = -args[0]
+            ctx.slots = tuple(None if torch.is_tensor(a) else a for a in args)
+            ctx.save_for_backward(*(a for a in args if torch.is_tensor(a)))
+            ctx.x_dtype = inputs[0].dtype
+
+        def backward(ctx, grad, adjoint=adjoint, n_inputs=n_inputs):
+            gx = None
+            if ctx.needs_input_grad[0]:
+                saved = iter(ctx.saved_tensors)
+                args = [next(saved) if s is None else s for s in ctx.slots]
+                g = grad.to(ctx.x_dtype).contiguous()
+                gx = getattr(torch.ops.mtt_fast, adjoint)(g, *args)
+            return (gx,) + (None,) * (n_inputs - 1)
+
+        torch.library.register_autograd(f"mtt_fast::{name}", backward, setup_context=setup_context)
+
+
 if _ext.load():
     _register_fakes()
+    _register_autograd()
