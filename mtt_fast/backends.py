@@ -1,4 +1,4 @@
-"""Backend selection for the kernel ops (``dsa``, ``zca``).
+"""Backend selection for the kernel ops (``dsa``, ``zca``, ``norm_block``).
 
 Order of precedence for one call: the explicit ``backend=`` argument, then the
 ``MTT_FAST_BACKEND`` environment variable, then ``auto``:
@@ -24,7 +24,7 @@ NAMES = ("torch", "native", "triton")
 # op name -> the backend that served its latest call; read by the routing tests.
 last_used: dict[str, str] = {}
 # op name -> a compiled op it needs (torch.ops.mtt_fast.<name>) to count as "native"
-_NATIVE_PROBE = {"dsa": "dsa_affine", "zca": "zca_apply"}
+_NATIVE_PROBE = {"dsa": "dsa_affine", "zca": "zca_apply", "norm_block": "norm_block_forward"}
 
 
 def triton_importable() -> bool:
