@@ -1,0 +1,263 @@
+// CPU kernels of the fused norm block (instance norm -> ReLU -> 2x2 average pooling):
+// forward, backward and double backward, parallel over the (n, c) planes
+// (at::parallel_for). A plane (M = H * W pixels) stays in cache across the passes. Plane
+// sums use kLanes independent partial sums (vectorisable, fixed order, so results are
+// deterministic for any thread count) combined in double.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../checks.h"
+#include "../norm_block_math.h"
+
+namespace mtt_fast {
+namespace {
+
+constexpr int kLanes = 16;
+
+int64_t plane_grain(int64_t m) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, m)); }
+
+// Sums of K per-pixel quantities f(i, out[K]) over i in [0, n).
+template <typename T, int K, typename F>
+void lane_sums(int64_t n, F f, double* out) {
+  T acc[K][kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      T v[K];
+      f(i + l, v);
+      for (int k = 0; k < K; ++k) acc[k][l] += v[k];
+    }
+  }
+  for (int k = 0; k < K; ++k) out[k] = 0;
+  for (; i < n; ++i) {
+    T v[K];
+    f(i, v);
+    for (int k = 0; k < K; ++k) out[k] += v[k];
+  }
+  for (int k = 0; k < K; ++k)
+    for (int l = 0; l < kLanes; ++l) out[k] += acc[k][l];
+}
+
+// gz over the whole plane: [z > 0] * gy / 4 inside the pooled windows, 0 elsewhere.
+template <typename T>
+void fill_gz(const T* gy, const T* x, T* gz, int64_t H, int64_t W, T w, T b, T mean, T r) {
+  const int64_t Ho = H / 2, Wo = W / 2;
+  for (int64_t h = 0; h < 2 * Ho; ++h) {
+    const T* g = gy + (h / 2) * Wo;
+    const T* xr = x + h * W;
+    T* o = gz + h * W;
+    for (int64_t j = 0; j < Wo; ++j) {
+      o[2 * j] = nb::gz_of<T>(g[j], (xr[2 * j] - mean) * r, w, b);
+      o[2 * j + 1] = nb::gz_of<T>(g[j], (xr[2 * j + 1] - mean) * r, w, b);
+    }
+    if (W > 2 * Wo) o[W - 1] = T(0);
+  }
+  if (H > 2 * Ho) std::fill(gz + 2 * Ho * W, gz + H * W, T(0));
+}
+
+template <typename T>
+void forward_plane(const T* x, T* y, int64_t H, int64_t W, T w, T b, double eps, T* mean_out,
+                   T* rstd_out) {
+  const int64_t M = H * W, Ho = H / 2, Wo = W / 2;
+  double s;
+  lane_sums<T, 1>(M, [&](int64_t i, T* v) { v[0] = x[i]; }, &s);
+  const T mean = static_cast<T>(s / M);
+  lane_sums<T, 1>(M, [&](int64_t i, T* v) { const T d = x[i] - mean; v[0] = d * d; }, &s);
+  const T r = static_cast<T>(1.0 / std::sqrt(s / M + eps));
+  *mean_out = mean;
+  *rstd_out = r;
+  for (int64_t i = 0; i < Ho; ++i) {
+    const T* r0 = x + 2 * i * W;
+    const T* r1 = r0 + W;
+    T* o = y + i * Wo;
+    for (int64_t j = 0; j < Wo; ++j) {
+      const T z00 = w * ((r0[2 * j] - mean) * r) + b, z01 = w * ((r0[2 * j + 1] - mean) * r) + b;
+      const T z10 = w * ((r1[2 * j] - mean) * r) + b, z11 = w * ((r1[2 * j + 1] - mean) * r) + b;
+      o[j] = T(0.25) * (nb::relu(z00) + nb::relu(z01) + nb::relu(z10) + nb::relu(z11));
+    }
+  }
+}
+
+template <typename T>
+void backward_plane(const T* gy, const T* x, T* gx, T* gz, int64_t H, int64_t W, T w, T b,
+                    T mean, T r, T* s1_out, T* s2_out) {
+  const int64_t M = H * W;
+  fill_gz<T>(gy, x, gz, H, W, w, b, mean, r);
+  double s[2];
+  lane_sums<T, 2>(M, [&](int64_t i, T* v) {
+    v[0] = gz[i];
+    v[1] = gz[i] * ((x[i] - mean) * r);
+  }, s);
+  const nb::BwdCoef<T> k = nb::bwd_coef<T>(w, r, T(s[0]), T(s[1]), T(1) / T(M));
+  for (int64_t i = 0; i < M; ++i) gx[i] = nb::bwd_gx<T>(k, gz[i], (x[i] - mean) * r);
+  *s1_out = T(s[0]);
+  *s2_out = T(s[1]);
+}
+
+template <typename T>
+void double_backward_plane(const T* ggx, T ggw, T ggb, const T* gy, const T* x, T* ggy_out,
+                           T* gx_out, T* gz, int64_t H, int64_t W, T w, T b, T mean, T r,
+                           T* gw_part) {
+  const int64_t M = H * W, Ho = H / 2, Wo = W / 2;
+  fill_gz<T>(gy, x, gz, H, W, w, b, mean, r);
+  double s[5] = {0, 0, 0, 0, 0};  // s1, s2, t1, t2, u
+  if (ggx) {
+    lane_sums<T, 5>(M, [&](int64_t i, T* v) {
+      const T xh = (x[i] - mean) * r;
+      v[0] = gz[i];
+      v[1] = gz[i] * xh;
+      v[2] = ggx[i];
+      v[3] = ggx[i] * xh;
+      v[4] = ggx[i] * gz[i];
+    }, s);
+  } else {
+    lane_sums<T, 2>(M, [&](int64_t i, T* v) {
+      v[0] = gz[i];
+      v[1] = gz[i] * ((x[i] - mean) * r);
+    }, s);
+  }
+  const nb::DbwdCoef<T> c = nb::dbwd_coef<T>(w, r, ggw, ggb, T(s[0]), T(s[1]), T(s[2]),
+                                             T(s[3]), T(s[4]), T(1) / T(M));
+  // g_x everywhere; then gz's storage takes [z > 0] * d_gz for the pooling below
+  for (int64_t i = 0; i < M; ++i) {
+    const T xh = (x[i] - mean) * r;
+    const T gg = ggx ? ggx[i] : T(0);
+    gx_out[i] = nb::dbwd_gx<T>(c, gz[i], gg, xh);
+    gz[i] = w * xh + b > T(0) ? nb::dbwd_dgz<T>(c, gg, xh) : T(0);
+  }
+  for (int64_t i = 0; i < Ho; ++i) {
+    const T* d0 = gz + 2 * i * W;
+    const T* d1 = d0 + W;
+    T* o = ggy_out + i * Wo;
+    for (int64_t j = 0; j < Wo; ++j)
+      o[j] = T(0.25) * (d0[2 * j] + d0[2 * j + 1] + d1[2 * j] + d1[2 * j + 1]);
+  }
+  *gw_part = c.gw_part;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_block_forward(const at::Tensor& x_,
+                                                                  const at::Tensor& weight,
+                                                                  const at::Tensor& bias,
+                                                                  double eps) {
+  at::Tensor x = check_norm_block_x(x_, "x");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  at::Tensor w = check_like(weight, x, "weight", {C});
+  at::Tensor b = check_like(bias, x, "bias", {C});
+  at::Tensor y = at::empty({N, C, H / 2, W / 2}, x.options());
+  at::Tensor mean = at::empty({N, C}, x.options());
+  at::Tensor rstd = at::empty({N, C}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "norm_block_forward_cpu", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* wp = w.const_data_ptr<scalar_t>();
+    const scalar_t* bp = b.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    scalar_t* mp = mean.mutable_data_ptr<scalar_t>();
+    scalar_t* rp = rstd.mutable_data_ptr<scalar_t>();
+    const int64_t M = H * W, Mo = (H / 2) * (W / 2);
+    at::parallel_for(0, N * C, plane_grain(M), [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t c = p % C;
+        forward_plane<scalar_t>(xp + p * M, yp + p * Mo, H, W, wp[c], bp[c], eps, mp + p, rp + p);
+      }
+    });
+  });
+  return {y, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_block_backward(
+    const at::Tensor& grad_out, const at::Tensor& x_, const at::Tensor& weight,
+    const at::Tensor& bias, const at::Tensor& mean_, const at::Tensor& rstd_) {
+  at::Tensor x = check_norm_block_x(x_, "x");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  at::Tensor gy = check_like(grad_out, x, "grad_out", {N, C, H / 2, W / 2});
+  at::Tensor w = check_like(weight, x, "weight", {C});
+  at::Tensor b = check_like(bias, x, "bias", {C});
+  at::Tensor mean = check_like(mean_, x, "mean", {N, C});
+  at::Tensor rstd = check_like(rstd_, x, "rstd", {N, C});
+  at::Tensor gx = at::empty_like(x);
+  at::Tensor parts = at::empty({2, N, C}, x.options());  // per-plane s2 (gw), s1 (gb)
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "norm_block_backward_cpu", [&] {
+    const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* wp = w.const_data_ptr<scalar_t>();
+    const scalar_t* bp = b.const_data_ptr<scalar_t>();
+    const scalar_t* mp = mean.const_data_ptr<scalar_t>();
+    const scalar_t* rp = rstd.const_data_ptr<scalar_t>();
+    scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
+    scalar_t* pp = parts.mutable_data_ptr<scalar_t>();
+    const int64_t M = H * W, Mo = (H / 2) * (W / 2), P = N * C;
+    at::parallel_for(0, P, plane_grain(M), [&](int64_t p0, int64_t p1) {
+      std::vector<scalar_t> gz(M);
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t c = p % C;
+        backward_plane<scalar_t>(gyp + p * Mo, xp + p * M, gxp + p * M, gz.data(), H, W, wp[c],
+                                 bp[c], mp[p], rp[p], pp + P + p, pp + p);
+      }
+    });
+  });
+  return {gx, parts[0].sum(0), parts[1].sum(0)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_block_double_backward(
+    const std::optional<at::Tensor>& ggx_, const std::optional<at::Tensor>& ggw_,
+    const std::optional<at::Tensor>& ggb_, const at::Tensor& grad_out, const at::Tensor& x_,
+    const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& mean_,
+    const at::Tensor& rstd_) {
+  at::Tensor x = check_norm_block_x(x_, "x");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  at::Tensor gy = check_like(grad_out, x, "grad_out", {N, C, H / 2, W / 2});
+  at::Tensor w = check_like(weight, x, "weight", {C});
+  at::Tensor b = check_like(bias, x, "bias", {C});
+  at::Tensor mean = check_like(mean_, x, "mean", {N, C});
+  at::Tensor rstd = check_like(rstd_, x, "rstd", {N, C});
+  const bool has_ggx = ggx_.has_value() && ggx_->defined();
+  const bool has_ggw = ggw_.has_value() && ggw_->defined();
+  const bool has_ggb = ggb_.has_value() && ggb_->defined();
+  at::Tensor ggx = has_ggx ? check_like(*ggx_, x, "ggx", {N, C, H, W}) : at::Tensor();
+  at::Tensor ggw = has_ggw ? check_like(*ggw_, x, "ggw", {C}) : at::Tensor();
+  at::Tensor ggb = has_ggb ? check_like(*ggb_, x, "ggb", {C}) : at::Tensor();
+  at::Tensor g_gy = at::empty_like(gy);
+  at::Tensor g_x = at::empty_like(x);
+  at::Tensor parts = at::empty({N, C}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "norm_block_double_backward_cpu", [&] {
+    const scalar_t* ggxp = has_ggx ? ggx.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* ggwp = has_ggw ? ggw.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* ggbp = has_ggb ? ggb.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* wp = w.const_data_ptr<scalar_t>();
+    const scalar_t* bp = b.const_data_ptr<scalar_t>();
+    const scalar_t* mp = mean.const_data_ptr<scalar_t>();
+    const scalar_t* rp = rstd.const_data_ptr<scalar_t>();
+    scalar_t* ggyp = g_gy.mutable_data_ptr<scalar_t>();
+    scalar_t* gxp = g_x.mutable_data_ptr<scalar_t>();
+    scalar_t* pp = parts.mutable_data_ptr<scalar_t>();
+    const int64_t M = H * W, Mo = (H / 2) * (W / 2);
+    at::parallel_for(0, N * C, plane_grain(M), [&](int64_t p0, int64_t p1) {
+      std::vector<scalar_t> gz(M);
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t c = p % C;
+        double_backward_plane<scalar_t>(ggxp ? ggxp + p * M : nullptr,
+                                        ggwp ? ggwp[c] : scalar_t(0), ggbp ? ggbp[c] : scalar_t(0),
+                                        gyp + p * Mo, xp + p * M, ggyp + p * Mo, gxp + p * M,
+                                        gz.data(), H, W, wp[c], bp[c], mp[p], rp[p], pp + p);
+      }
+    });
+  });
+  return {g_gy, g_x, parts.sum(0)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mtt_fast, CPU, m) {
+  m.impl("norm_block_forward", &norm_block_forward);
+  m.impl("norm_block_backward", &norm_block_backward);
+  m.impl("norm_block_double_backward", &norm_block_double_backward);
+}
+
+}  // namespace mtt_fast
