@@ -26,10 +26,16 @@ MTT_HD T rstd_of(T var, T eps) {
   return T(1) / sqrt(var + eps);
 }
 
+// The ReLU mask [w * xh + b > 0] as 0 / 1 (branch-free: the mask is random).
+template <typename T>
+MTT_HD T mask(T xh, T w, T b) {
+  return w * xh + b > T(0) ? T(1) : T(0);
+}
+
 // The pooled-window gradient of a pixel: gy / 4 where the ReLU is active, else 0.
 template <typename T>
 MTT_HD T gz_of(T gy, T xh, T w, T b) {
-  return w * xh + b > T(0) ? T(0.25) * gy : T(0);
+  return mask<T>(xh, w, b) * (T(0.25) * gy);
 }
 
 template <typename T>

@@ -44,18 +44,21 @@ void lane_sums(int64_t n, F f, double* out) {
 }
 
 // gz over the whole plane: [z > 0] * gy / 4 inside the pooled windows, 0 elsewhere.
+// Branch-free and contiguous in j (the mask is random: a branch would mispredict half the
+// time); `up` (W) holds the current gy row spread over its windows.
 template <typename T>
-void fill_gz(const T* gy, const T* x, T* gz, int64_t H, int64_t W, T w, T b, T mean, T r) {
+void fill_gz(const T* gy, const T* x, T* gz, T* up, int64_t H, int64_t W, T w, T b, T mean,
+             T r) {
   const int64_t Ho = H / 2, Wo = W / 2;
+  for (int64_t j = 2 * Wo; j < W; ++j) up[j] = T(0);
   for (int64_t h = 0; h < 2 * Ho; ++h) {
-    const T* g = gy + (h / 2) * Wo;
+    if (h % 2 == 0) {
+      const T* g = gy + (h / 2) * Wo;
+      for (int64_t j = 0; j < Wo; ++j) up[2 * j] = up[2 * j + 1] = T(0.25) * g[j];
+    }
     const T* xr = x + h * W;
     T* o = gz + h * W;
-    for (int64_t j = 0; j < Wo; ++j) {
-      o[2 * j] = nb::gz_of<T>(g[j], (xr[2 * j] - mean) * r, w, b);
-      o[2 * j + 1] = nb::gz_of<T>(g[j], (xr[2 * j + 1] - mean) * r, w, b);
-    }
-    if (W > 2 * Wo) o[W - 1] = T(0);
+    for (int64_t j = 0; j < W; ++j) o[j] = nb::mask<T>((xr[j] - mean) * r, w, b) * up[j];
   }
   if (H > 2 * Ho) std::fill(gz + 2 * Ho * W, gz + H * W, T(0));
 }
@@ -87,7 +90,7 @@ template <typename T>
 void backward_plane(const T* gy, const T* x, T* gx, T* gz, int64_t H, int64_t W, T w, T b,
                     T mean, T r, T* s1_out, T* s2_out) {
   const int64_t M = H * W;
-  fill_gz<T>(gy, x, gz, H, W, w, b, mean, r);
+  fill_gz<T>(gy, x, gz, gz + M, H, W, w, b, mean, r);
   double s[2];
   lane_sums<T, 2>(M, [&](int64_t i, T* v) {
     v[0] = gz[i];
@@ -104,7 +107,7 @@ void double_backward_plane(const T* ggx, T ggw, T ggb, const T* gy, const T* x, 
                            T* gx_out, T* gz, int64_t H, int64_t W, T w, T b, T mean, T r,
                            T* gw_part) {
   const int64_t M = H * W, Ho = H / 2, Wo = W / 2;
-  fill_gz<T>(gy, x, gz, H, W, w, b, mean, r);
+  fill_gz<T>(gy, x, gz, gz + M, H, W, w, b, mean, r);
   double s[5] = {0, 0, 0, 0, 0};  // s1, s2, t1, t2, u
   if (ggx) {
     lane_sums<T, 5>(M, [&](int64_t i, T* v) {
@@ -124,11 +127,18 @@ void double_backward_plane(const T* ggx, T ggw, T ggb, const T* gy, const T* x, 
   const nb::DbwdCoef<T> c = nb::dbwd_coef<T>(w, r, ggw, ggb, T(s[0]), T(s[1]), T(s[2]),
                                              T(s[3]), T(s[4]), T(1) / T(M));
   // g_x everywhere; then gz's storage takes [z > 0] * d_gz for the pooling below
-  for (int64_t i = 0; i < M; ++i) {
-    const T xh = (x[i] - mean) * r;
-    const T gg = ggx ? ggx[i] : T(0);
-    gx_out[i] = nb::dbwd_gx<T>(c, gz[i], gg, xh);
-    gz[i] = w * xh + b > T(0) ? nb::dbwd_dgz<T>(c, gg, xh) : T(0);
+  if (ggx) {
+    for (int64_t i = 0; i < M; ++i) {
+      const T xh = (x[i] - mean) * r;
+      gx_out[i] = nb::dbwd_gx<T>(c, gz[i], ggx[i], xh);
+      gz[i] = nb::mask<T>(xh, w, b) * nb::dbwd_dgz<T>(c, ggx[i], xh);
+    }
+  } else {
+    for (int64_t i = 0; i < M; ++i) {
+      const T xh = (x[i] - mean) * r;
+      gx_out[i] = nb::dbwd_gx<T>(c, gz[i], T(0), xh);
+      gz[i] = nb::mask<T>(xh, w, b) * nb::dbwd_dgz<T>(c, T(0), xh);
+    }
   }
   for (int64_t i = 0; i < Ho; ++i) {
     const T* d0 = gz + 2 * i * W;
@@ -192,7 +202,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_block_backward(
     scalar_t* pp = parts.mutable_data_ptr<scalar_t>();
     const int64_t M = H * W, Mo = (H / 2) * (W / 2), P = N * C;
     at::parallel_for(0, P, plane_grain(M), [&](int64_t p0, int64_t p1) {
-      std::vector<scalar_t> gz(M);
+      std::vector<scalar_t> gz(M + W);  // plane + one row
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t c = p % C;
         backward_plane<scalar_t>(gyp + p * Mo, xp + p * M, gxp + p * M, gz.data(), H, W, wp[c],
@@ -239,7 +249,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_block_double_backward(
     scalar_t* pp = parts.mutable_data_ptr<scalar_t>();
     const int64_t M = H * W, Mo = (H / 2) * (W / 2);
     at::parallel_for(0, N * C, plane_grain(M), [&](int64_t p0, int64_t p1) {
-      std::vector<scalar_t> gz(M);
+      std::vector<scalar_t> gz(M + W);  // plane + one row
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t c = p % C;
         double_backward_plane<scalar_t>(ggxp ? ggxp + p * M : nullptr,
