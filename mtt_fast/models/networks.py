@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtt_fast.ops.conv2d import conv2d as _conv2d_2x
 from mtt_fast.ops.norm_block import norm_block
 
 ACTS = ("relu", "sigmoid", "leakyrelu")
@@ -66,6 +67,9 @@ def _too_small(model: str, im_size: tuple[int, int], detail: str) -> ValueError:
 # through the fused op (mtt_fast.ops.norm_block). Set it to False (or build with
 # fused=False, or set ``model.fused = False``) for the plain modules, e.g. to compare.
 FUSED_NORM_BLOCK = True
+# In fused blocks, run the convolutions through mtt_fast.ops.conv2d (same forward, a faster
+# explicit double backward); False keeps nn.Conv2d's autograd there.
+FUSED_CONV = True
 
 
 def _instance_or_batch(norm: str, c: int) -> nn.Module:
@@ -117,8 +121,9 @@ class ConvNet(nn.Module):
             original.
         fused: with instancenorm + relu + avgpooling, run each block's norm, ReLU and
             pooling as one fused op (:func:`mtt_fast.ops.norm_block.norm_block`, with an
-            analytic double backward); None (default) follows the module-level
-            ``FUSED_NORM_BLOCK``. The modules, parameter names, order and shapes are the
+            analytic double backward) and its convolution through
+            :func:`mtt_fast.ops.conv2d.conv2d` (a faster explicit double backward; module-level
+            ``FUSED_CONV``); None (default) follows the module-level ``FUSED_NORM_BLOCK``. The modules, parameter names, order and shapes are the
             same either way (``features.{4d+1}.weight`` / ``.bias`` are the GroupNorm's), so
             flat vectors, stores and state dicts are interchangeable. The attribute
             ``fused`` can be changed after construction. Other variants ignore it.
@@ -207,9 +212,13 @@ class ConvNet(nn.Module):
             return self.features(x).flatten(1)
         f = self.features
         for ci, ni in self._fusable:
-            gn = f[ni]
-            # the GroupNorm module's own (or functional_call's substituted) parameters
-            x = norm_block(f[ci](x), gn.weight, gn.bias, gn.eps)
+            conv, gn = f[ci], f[ni]
+            # the modules' own (or functional_call's substituted) parameters
+            if FUSED_CONV:
+                x = _conv2d_2x(x, conv.weight, conv.bias, conv.padding)
+            else:
+                x = conv(x)
+            x = norm_block(x, gn.weight, gn.bias, gn.eps)
         return x.flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from mtt_fast import backends
+from mtt_fast.ops._autograd import engine_needs
 from mtt_fast.ops.norm_block import reference, torch_impl
 from mtt_fast.ops.norm_block.reference import EPS
 
@@ -53,6 +54,7 @@ class _NormBlockBackward(torch.autograd.Function):
     # The backward as a function of (gy, x, w, b); mean / rstd are constants given x.
     @staticmethod
     def forward(ctx, gy, x, w, b, mean, rstd, impl):
+        ctx.set_materialize_grads(False)  # a missing upstream grad stays None, not zeros
         gy = gy.contiguous()
         ctx.save_for_backward(gy, x, w, b, mean, rstd)
         ctx.impl = impl
