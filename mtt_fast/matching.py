@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from mtt_fast import augment as _aug
 from mtt_fast.models.functional import functional_forward, layout
@@ -131,7 +132,8 @@ def _step_loss(model, theta, X, Y, label_kind, idx, aug, backend):
     x = X if idx is None else X.index_select(0, idx)
     y = Y if idx is None else Y.index_select(0, idx)
     if aug is not None:
-        x = _aug.apply(x, aug, backend=backend)
+        with record_function("mtt::dsa"):  # a named range for profiles (no cost otherwise)
+            x = _aug.apply(x, aug, backend=backend)
     out = functional_forward(model, theta, x, _layout(model))
     if label_kind == "hard":
         return F.cross_entropy(out, y)
@@ -338,12 +340,18 @@ def match(
     )
 
 
+def _sgd(theta, lr, g):
+    # the student's update, in a named range so profiles can attribute it (and its backward)
+    with record_function("mtt::sgd"):
+        return theta - lr * g
+
+
 def _run_steps(model, theta, X, Y, lr_, kind, plan, lo, hi, backend):
     """Steps ``lo..hi-1`` from ``theta`` with the full (double-differentiable) graph."""
     for i in range(lo, hi):
         loss = _step_loss(model, theta, X, Y, kind, plan.indices[i], plan.aug[i], backend)
         g = torch.autograd.grad(loss, theta, create_graph=True)[0]
-        theta = theta - lr_ * g
+        theta = _sgd(theta, lr_, g)
     return theta
 
 
@@ -378,7 +386,7 @@ def _checkpoint(model, start, target, denom, X, Y, lr_, kind, plan, wrt, k, stor
                     stored.append(theta.detach())
             loss = _step_loss(model, theta, Xd, Yd, kind, plan.indices[i], plan.aug[i], backend)
             g = torch.autograd.grad(loss, theta)[0]
-            theta = (theta.detach() - lr_d * g).requires_grad_(True)
+            theta = _sgd(theta.detach(), lr_d, g).requires_grad_(True)
     stored_bytes = sum(t.numel() * t.element_size() for t in stored) + theta.numel() * (
         theta.element_size()
     )
