@@ -111,14 +111,17 @@ def test_conv_sized_float32(backend, device):
 
 @pytest.mark.parametrize(("backend", "device"), BACKENDS)
 def test_gradcheck_gradgradcheck(backend, device):
-    x, w, b, _, _ = _inputs((2, 3, 5, 4), torch.float64, device, seed=3)
+    # the Triton interpreter is slow: a smaller (odd-sized) shape and fast mode there
+    interp = backend == "triton" and device == "cpu"
+    x, w, b, _, _ = _inputs((1, 2, 5, 3) if interp else (2, 3, 5, 4), torch.float64, device,
+                            seed=3)
     args = tuple(t.detach().requires_grad_(True) for t in (x, w, b))
 
     def fn(*a):
         return norm_block(*a, backend=backend)
 
-    assert torch.autograd.gradcheck(fn, args)
-    assert torch.autograd.gradgradcheck(fn, args)
+    assert torch.autograd.gradcheck(fn, args, fast_mode=interp)
+    assert torch.autograd.gradgradcheck(fn, args, fast_mode=interp)
 
 
 def test_reference_is_the_plain_modules():
