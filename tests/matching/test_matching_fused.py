@@ -54,7 +54,8 @@ def test_auto_schedule_is_reported(monkeypatch):
     X = torch.randn(6, 3, 8, 8, dtype=torch.float64)
     y = torch.arange(6) % 4
     lr = torch.tensor(0.05, dtype=torch.float64)
-    kw = dict(generator=torch.Generator().manual_seed(1), augment="flip")
+    plan = matching.make_plan(6, 7, None, "flip", torch.Generator().manual_seed(1))
+    kw = dict(plan=plan)
     step = matching.step_graph_bytes(net, start, X, y, "hard")
     # a budget for 3 steps' graphs out of 7: segment 3, 4 recomputed steps, exact
     budget = int(3.5 * step)
