@@ -236,3 +236,15 @@ def test_module_exports():
     assert nbmod.EPS == 1e-5 and callable(nbmod.norm_block)
     assert "norm_block" in backends.report()
     assert os.environ.get("TRITON_INTERPRET") in (None, "0", "1")
+
+
+@pytest.mark.skipif(not HAS_NATIVE, reason="compiled extension not built")
+@pytest.mark.parametrize("isa", ["generic", "best"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_native_cpu_instruction_sets(monkeypatch, isa, dtype):
+    """The baseline and the AVX2 builds of the CPU kernels (MTT_FAST_CPU_ISA) both match."""
+    if isa == "generic":
+        monkeypatch.setenv("MTT_FAST_CPU_ISA", "generic")
+    else:
+        monkeypatch.delenv("MTT_FAST_CPU_ISA", raising=False)
+    _compare("native", "cpu", (3, 5, 33, 19), dtype, seed=21)
