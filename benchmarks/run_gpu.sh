@@ -20,4 +20,8 @@ python3 -m pytest benchmarks/test_bench_zca.py --benchmark-only -q -s \
   --benchmark-json "$OUT/zca-cuda.json" > "$OUT/zca-cuda.log" 2>&1
 python3 -m pytest benchmarks/test_bench_matching.py --benchmark-only -q -s \
   --benchmark-json "$OUT/matching-cuda.json" > "$OUT/matching-cuda.log" 2>&1
+# the student step at the CIFAR-10 IPC 10 preset (30 steps): time, memory, split, launches
+MTT_FAST_BENCH_STUDENT_FULL=1 python3 -m pytest benchmarks/test_bench_student.py --benchmark-only -q -s \
+  --benchmark-json "$OUT/student-cuda.json" > "$OUT/student-cuda.log" 2>&1
+grep -hE "\[student|\[split\]|\[launches\]|^  (original|unroll|checkpoint)" "$OUT/student-cuda.log" | tail -20
 grep -hE "\[gpu\]|\[memory\]|\[time\]|speedup|geomean|bandwidth" "$OUT"/*.log | tail -60

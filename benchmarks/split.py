@@ -12,6 +12,9 @@ the student's update as the optimizer.
 
 from __future__ import annotations
 
+import torch
+
+_CPU = torch.autograd.DeviceType.CPU
 CATEGORIES = ("conv", "norm block", "dsa", "optimizer", "other")
 _NODE = "autograd::engine::evaluate_function"
 _NORM = ("group_norm", "groupnorm", "norm_block", "normblock", "relu", "threshold",
@@ -33,8 +36,9 @@ def _by_name(name: str) -> str | None:
     return None
 
 
-def split(events) -> dict[str, float]:
-    """Seconds of self CPU time per category, from ``torch.profiler.profile(...).events()``."""
+def split(events, device_time: bool = False) -> dict[str, float]:
+    """Seconds of self CPU time (``device_time``: self GPU time, the kernels an op
+    launched) per category, from ``torch.profiler.profile(...).events()``."""
     fwd_of: dict[int, object] = {}
     for e in sorted(events, key=lambda e: e.time_range.start):
         if e.sequence_nr >= 0 and not e.name.startswith(_NODE) and e.sequence_nr not in fwd_of:
@@ -62,5 +66,8 @@ def split(events) -> dict[str, float]:
 
     tot = dict.fromkeys(CATEGORIES, 0.0)
     for e in events:
-        tot[cat(e)] += e.self_cpu_time_total / 1e6
+        if device_time and getattr(e, "device_type", None) != _CPU:
+            continue  # a kernel: counted in the self device time of the op that launched it
+        t = (getattr(e, "self_device_time_total", 0) if device_time else e.self_cpu_time_total)
+        tot[cat(e)] += t / 1e6
     return tot

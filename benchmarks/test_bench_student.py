@@ -14,13 +14,14 @@ Run (CI-sized: 4 student steps; the ratio is shown to hold at 30 in the results)
 
     pytest benchmarks/test_bench_student.py --benchmark-only -s
 
-Knobs: ``MTT_FAST_BENCH_STUDENT_STEPS`` (default 4; ``MTT_FAST_BENCH_STUDENT_FULL=1`` runs
+Knobs: ``MTT_FAST_BENCH_DEVICE`` (cpu | cuda, default cpu), ``MTT_FAST_BENCH_STUDENT_STEPS`` (default 4; ``MTT_FAST_BENCH_STUDENT_FULL=1`` runs
 the preset's 30), ``MTT_FAST_BENCH_THREADS`` (default 1), ``MTT_FAST_BENCH_ROUNDS``
 (default 2), ``MTT_FAST_BENCH_MALLOPT`` (default 1: glibc keeps freed heap memory, see
 :func:`mtt_fast.utils.keep_freed_memory`; applies to every variant alike),
 ``MTT_FAST_BENCH_SPLIT_STEPS`` (steps of the profiled iterations, default min(steps, 5)).
-Results go to ``benchmarks/results/student-cpu-<steps>steps.json`` (with the command,
-machine, versions and load).
+Results go to ``benchmarks/results/student-<device>-<steps>steps.json`` (with the command,
+machine, versions and load). On CUDA, ``test_student_launches_per_step`` counts the kernel
+launches of one student step (forward, backward with graph, double backward).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ STEPS = 30 if FULL else int(os.environ.get("MTT_FAST_BENCH_STUDENT_STEPS", "4"))
 THREADS = int(os.environ.get("MTT_FAST_BENCH_THREADS", "1"))
 ROUNDS = int(os.environ.get("MTT_FAST_BENCH_ROUNDS", "2"))
 MALLOPT = os.environ.get("MTT_FAST_BENCH_MALLOPT", "1") == "1"
+DEVICE = os.environ.get("MTT_FAST_BENCH_DEVICE", "cpu")
 SPLIT_STEPS = int(os.environ.get("MTT_FAST_BENCH_SPLIT_STEPS", str(min(STEPS, 5))))
 STRATEGY = "color_crop_cutout_flip_scale_rotate"
 VARIANTS = {
@@ -62,9 +64,19 @@ torch.set_num_threads(cfg["threads"])
 sys.path.insert(0, cfg["bench_dir"])
 from test_bench_student import setup, run_variant
 prob = setup(cfg["steps"])
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+cuda = cfg["device"] == "cuda"
+if cuda:
+    run_variant(prob, cfg["variant"])  # warm-up
+    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+else:
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 r = run_variant(prob, cfg["variant"])
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+if cuda:
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+else:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
 print(json.dumps({"peak": peak, "stored": r.stored_bytes, "segment": r.segment}))
 """
 
@@ -75,14 +87,15 @@ def setup(steps: int):
     from mtt_fast.matching import make_plan
     from mtt_fast.models import flatten, get_model
 
+    dev = torch.device(DEVICE)
     torch.manual_seed(0)
-    net = get_model("ConvNet", 3, 10, (32, 32))
-    start = flatten(net)
+    net = get_model("ConvNet", 3, 10, (32, 32)).to(dev)
+    start = flatten(net).to(dev)
     target = start + 0.01 * torch.randn_like(start)
-    X = torch.randn(100, 3, 32, 32)
-    y = torch.arange(100) % 10
-    lr = torch.tensor(0.01)
-    plan = make_plan(100, steps, None, STRATEGY, torch.Generator().manual_seed(0))
+    X = torch.randn(100, 3, 32, 32).to(dev)
+    y = (torch.arange(100) % 10).to(dev)
+    lr = torch.tensor(0.01, device=dev)
+    plan = make_plan(100, steps, None, STRATEGY, torch.Generator().manual_seed(0), dev)
     return net, start, target, X, y, lr, plan, steps
 
 
@@ -92,8 +105,11 @@ def run_variant(prob, name: str):
     net, start, target, X, y, lr, plan, steps = prob
     v = VARIANTS[name]
     net.fused = v["fused"]
-    return match(net, start, target, X, y, lr, steps, plan=plan, mode=v["mode"],
-                 segment=v["segment"], backend=v["backend"])
+    r = match(net, start, target, X, y, lr, steps, plan=plan, mode=v["mode"],
+              segment=v["segment"], backend=v["backend"])
+    if X.device.type == "cuda":
+        torch.cuda.synchronize()
+    return r
 
 
 def _env() -> dict:
@@ -107,7 +123,9 @@ def _env() -> dict:
         load = os.getloadavg()
     except OSError:
         load = None
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
+    gpu = torch.cuda.get_device_name() if DEVICE == "cuda" else None
+    return {"device": DEVICE, "gpu": gpu, "cpu": cpu, "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
             "python": platform.python_version(), "threads": THREADS, "loadavg_at_start": load,
             "mallopt_keep_freed": MALLOPT, "command": " ".join(sys.argv),
             "env": {k: v for k, v in os.environ.items() if k.startswith("MTT_FAST_")}}
@@ -115,7 +133,7 @@ def _env() -> dict:
 
 def _save() -> None:
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"student-cpu-{STEPS}steps.json"
+    path = RESULTS / f"student-{DEVICE}-{STEPS}steps.json"
     old = json.loads(path.read_text()) if path.exists() else {}
     old.update(_OUT)
     old["env"] = _env()
@@ -125,6 +143,8 @@ def _save() -> None:
 
 @pytest.fixture(scope="module", autouse=True)
 def _threads():
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        pytest.skip("MTT_FAST_BENCH_DEVICE=cuda but no GPU is visible")
     prev = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     if MALLOPT:
@@ -141,13 +161,13 @@ def test_student_time_interleaved(benchmark):
 
     prob = setup(STEPS)
     ref = run_variant(prob, "original")  # warm-up, and the correctness oracle
-    errs = {}
-    for name in VARIANTS:
+    errs, segments = {}, {}
+    for name in VARIANTS:  # correctness before timing (also each variant's warm-up)
         r = run_variant(prob, name)
         errs[name] = relative_error(r.grad_images, ref.grad_images)
+        segments[name] = r.segment
         # float32: every path carries its own ~1e-3 roundoff (float64 parity is in tests/)
         assert errs[name] <= 2e-2, (name, errs[name])
-    segments = {name: run_variant(prob, name).segment for name in VARIANTS}
 
     def run_all():
         best = dict.fromkeys(VARIANTS, float("inf"))
@@ -175,9 +195,9 @@ def test_student_time_interleaved(benchmark):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_student_peak_memory(benchmark, variant):
     """Peak resident growth of one iteration in a fresh process."""
-    cfg = dict(variant=variant, steps=STEPS, threads=THREADS,
+    cfg = dict(variant=variant, steps=STEPS, threads=THREADS, device=DEVICE,
                bench_dir=str(Path(__file__).resolve().parent))
-    if variant == "original" and STEPS > 10:
+    if variant == "original" and STEPS > 10 and DEVICE == "cpu":
         import psutil
 
         need = 340e6 * STEPS  # ~9.8 GB at 30 steps
@@ -212,11 +232,12 @@ def test_student_split(benchmark):
     def profile_all():
         for name in ("original", "unroll", "checkpoint"):
             run_variant(prob, name)  # warm-up
-            with profile(activities=[ProfilerActivity.CPU]) as p:
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+            with profile(activities=acts) as p:
                 t = time.perf_counter()
                 run_variant(prob, name)
                 wall = time.perf_counter() - t
-            s = split(p.events())
+            s = split(p.events(), device_time=DEVICE == "cuda")
             tot = sum(s.values())
             out[name] = {"seconds": s, "fraction": {k: v / tot for k, v in s.items()},
                          "wall_profiled": wall}
@@ -226,8 +247,34 @@ def test_student_split(benchmark):
     benchmark.group = f"student split {SPLIT_STEPS} steps"
     _OUT["split"] = {"steps": SPLIT_STEPS, **out}
     _save()
-    print(f"\n[split] {SPLIT_STEPS} steps, profiled self CPU seconds (fraction):")
+    what = "GPU" if DEVICE == "cuda" else "CPU"
+    print(f"\n[split] {SPLIT_STEPS} steps, profiled self {what} seconds (fraction):")
     for name, r in out.items():
         print(f"  {name:<10s} " + "  ".join(
             f"{k} {r['seconds'][k]:.2f}s ({100 * r['fraction'][k]:.0f}%)" for k in CATEGORIES))
     assert out["original"]["seconds"]["norm block"] > out["checkpoint"]["seconds"]["norm block"]
+
+
+def test_student_launches_per_step(benchmark):
+    """CUDA kernel launches of one student step (forward, backward with its graph, double
+    backward, as ``unroll`` runs it), original vs fused. CUDA only."""
+    if DEVICE != "cuda":
+        pytest.skip("counts CUDA kernel launches: MTT_FAST_BENCH_DEVICE=cuda")
+    from torch.profiler import ProfilerActivity, profile
+
+    prob = setup(1)
+    out = {}
+
+    def count_all():
+        for name in ("original", "unroll"):
+            run_variant(prob, name)
+            with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as p:
+                run_variant(prob, name)
+            out[name] = sum(1 for e in p.events()
+                            if e.device_type == torch.autograd.DeviceType.CUDA)
+        return out
+
+    benchmark.pedantic(count_all, rounds=1, iterations=1)
+    _OUT["launches_per_step"] = out
+    _save()
+    print(f"\n[launches] one student step (fwd + bwd + double bwd): {out}")
