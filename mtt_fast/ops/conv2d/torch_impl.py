@@ -40,7 +40,8 @@ def _input_grad(gy, x, w, padding):
     if not _small_input_grad(x, w):
         return _cbw(gy, x, w, padding, [True, False, False])[0]
     N, Co, Ho, Wo = gy.shape
-    cols = torch.matmul(w.reshape(Co, -1).t(), gy.reshape(N, Co, Ho * Wo))
+    # (N, Ci*kh*kw, L) = W^T @ gy_n, batched over a stride-0 weight: no copy of gy
+    cols = torch.bmm(w.reshape(Co, -1).t().expand(N, -1, -1), gy.reshape(N, Co, Ho * Wo))
     return F.fold(cols, tuple(x.shape[2:]), tuple(w.shape[2:]), padding=tuple(padding))
 
 
