@@ -148,7 +148,7 @@ def _save() -> None:
     path = RESULTS / f"student-{DEVICE}-{STEPS}steps.json"
     old = json.loads(path.read_text()) if path.exists() else {}
     old.update(_OUT)
-    old["env"] = _env()
+    old.pop("env", None)
     old["steps"] = STEPS
     path.write_text(json.dumps(old, indent=2) + "\n")
 
@@ -197,7 +197,8 @@ def test_student_time_interleaved(benchmark):
     benchmark.extra_info.update({f"min_s_{k}": v for k, v in best.items()})
     benchmark.extra_info.update({f"speedup_{k}": v for k, v in speedup.items()})
     _OUT["time"] = {"min_seconds": best, "speedup_vs_original": speedup, "rounds": ROUNDS,
-                    "segments": segments, "rel_err_grad_images_vs_original": errs}
+                    "segments": segments, "rel_err_grad_images_vs_original": errs,
+                    "env": _env()}
     _save()
     print(f"\n[student] {STEPS} steps, {THREADS} thread(s), min over {ROUNDS} rounds: " + ", ".join(
         f"{k} {best[k]:.2f}s ({speedup[k]:.2f}x, segment {segments[k]})" for k in VARIANTS))
@@ -227,6 +228,7 @@ def test_student_peak_memory(benchmark, variant):
     benchmark.extra_info.update(res)
     _OUT.setdefault("peak_bytes", {})[variant] = res["peak"]
     _OUT.setdefault("stored_bytes", {})[variant] = res["stored"]
+    _OUT["memory_env"] = _env()
     if "original" in _OUT["peak_bytes"]:
         _OUT.setdefault("peak_vs_original", {})[variant] = (
             res["peak"] / max(_OUT["peak_bytes"]["original"], 1))
@@ -258,7 +260,7 @@ def test_student_split(benchmark):
 
     benchmark.pedantic(profile_all, rounds=1, iterations=1)
     benchmark.group = f"student split {SPLIT_STEPS} steps"
-    _OUT["split"] = {"steps": SPLIT_STEPS, **out}
+    _OUT["split"] = {"steps": SPLIT_STEPS, **out, "env": _env()}
     _save()
     what = "GPU" if DEVICE == "cuda" else "CPU"
     print(f"\n[split] {SPLIT_STEPS} steps, profiled self {what} seconds (fraction):")
@@ -288,6 +290,6 @@ def test_student_launches_per_step(benchmark):
         return out
 
     benchmark.pedantic(count_all, rounds=1, iterations=1)
-    _OUT["launches_per_step"] = out
+    _OUT["launches_per_step"] = {**out, "env": _env()}
     _save()
     print(f"\n[launches] one student step (fwd + bwd + double bwd): {out}")
