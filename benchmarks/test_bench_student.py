@@ -293,3 +293,56 @@ def test_student_launches_per_step(benchmark):
     _OUT["launches_per_step"] = {**out, "env": _env()}
     _save()
     print(f"\n[launches] one student step (fwd + bwd + double bwd): {out}")
+
+
+def test_conv_memory_format(benchmark):
+    """NCHW vs channels-last for the preset's three convolutions: forward, backward with
+    its graph, double backward (min over rounds, one thread). The fused path keeps NCHW
+    where this says it is faster."""
+    import torch.nn.functional as F
+
+    dev = torch.device(DEVICE)
+    out = {}
+
+    def one(fmt, cin, size):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(100, cin, size, size, generator=g).to(dev)
+        w = torch.randn(128, cin, 3, 3, generator=g).to(dev)
+        if fmt == "channels_last":
+            x = x.to(memory_format=torch.channels_last)
+            w = w.to(memory_format=torch.channels_last)
+        x.requires_grad_(True)
+        w.requires_grad_(True)
+        def now():
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter()
+
+        best = [float("inf")] * 3
+        for _ in range(3):
+            t0 = now()
+            y = F.conv2d(x, w, padding=1)
+            t1 = now()
+            gy = torch.ones_like(y).requires_grad_(True)
+            t2 = now()
+            gx, gw = torch.autograd.grad(y, (x, w), gy, create_graph=True)
+            t3 = now()
+            s = gx.sum() + gw.sum()
+            t4 = now()
+            torch.autograd.grad(s, (x, w, gy))
+            t5 = now()
+            best = [min(a, b) for a, b in zip(best, (t1 - t0, t3 - t2, t5 - t4))]
+        return dict(zip(("forward", "backward", "double_backward"), best))
+
+    def run_all():
+        for cin, size in ((3, 32), (128, 16), (128, 8)):
+            for fmt in ("contiguous", "channels_last"):
+                out[f"{cin}x{size}x{size} {fmt}"] = one(fmt, cin, size)
+        return out
+
+    benchmark.pedantic(run_all, rounds=1, iterations=1)
+    _OUT["conv_memory_format"] = {**out, "env": _env()}
+    _save()
+    print("\n[conv format] seconds (forward, backward, double backward):")
+    for k, v in out.items():
+        print(f"  {k:<28s} " + "  ".join(f"{v[p]:.4f}" for p in v))
