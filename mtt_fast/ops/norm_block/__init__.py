@@ -22,7 +22,6 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from mtt_fast import backends
-from mtt_fast.ops._autograd import engine_needs
 from mtt_fast.ops.norm_block import reference, torch_impl
 from mtt_fast.ops.norm_block.reference import EPS
 
