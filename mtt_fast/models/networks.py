@@ -122,10 +122,11 @@ class ConvNet(nn.Module):
         fused: with instancenorm + relu + avgpooling, run each block's norm, ReLU and
             pooling as one fused op (:func:`mtt_fast.ops.norm_block.norm_block`, with an
             analytic double backward) and its convolution through
-            :func:`mtt_fast.ops.conv2d.conv2d` (a faster explicit double backward; module-level
-            ``FUSED_CONV``); None (default) follows the module-level ``FUSED_NORM_BLOCK``. The modules, parameter names, order and shapes are the
-            same either way (``features.{4d+1}.weight`` / ``.bias`` are the GroupNorm's), so
-            flat vectors, stores and state dicts are interchangeable. The attribute
+            :func:`mtt_fast.ops.conv2d.conv2d` (a faster explicit double backward;
+            module-level ``FUSED_CONV``); None (default) follows the module-level
+            ``FUSED_NORM_BLOCK``. The modules, parameter names, order and shapes are the
+            same either way (``features.{4d+1}.weight`` / ``.bias`` are the GroupNorm's),
+            so flat vectors, stores and state dicts are interchangeable. The attribute
             ``fused`` can be changed after construction. Other variants ignore it.
 
     Raises:
@@ -186,8 +187,9 @@ class ConvNet(nn.Module):
 
     def uses_fused_blocks(self) -> bool:
         """Whether :meth:`embed` runs the fused norm block (see ``fused``)."""
-        on = FUSED_NORM_BLOCK if self.fused is None else bool(self.fused)
-        return on and self._fusable is not None
+        fused = getattr(self, "fused", None)  # absent on modules pickled before it existed
+        on = FUSED_NORM_BLOCK if fused is None else bool(fused)
+        return on and getattr(self, "_fusable", None) is not None
 
     @staticmethod
     def _act(act: str) -> nn.Module:
