@@ -1,8 +1,7 @@
 // CPU kernels of the fused norm block (instance norm -> ReLU -> 2x2 average pooling):
 // forward, backward and double backward, parallel over the (n, c) planes
 // (at::parallel_for). A plane (M = H * W pixels) stays in cache across the passes. Plane
-// sums use kLanes independent partial sums (vectorisable, fixed order, so results are
-// deterministic for any thread count) combined in double.
+// sums are vectorised reductions in a fixed order (deterministic for any thread count).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -89,9 +88,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_block_forward(const at::Tens
     const int64_t M = H * W, Mo = (H / 2) * (W / 2);
     const PlaneFns<scalar_t> fns = plane_fns<scalar_t>();
     at::parallel_for(0, N * C, plane_grain(M), [&](int64_t p0, int64_t p1) {
+      std::vector<scalar_t> row(W);
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t c = p % C;
-        fns.fwd(xp + p * M, yp + p * Mo, H, W, wp[c], bp[c], eps, mp + p, rp + p);
+        fns.fwd(xp + p * M, yp + p * Mo, row.data(), H, W, wp[c], bp[c], eps, mp + p, rp + p);
       }
     });
   });
