@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything owed on a GPU, in one batch of at most ~23 minutes (each phase under 10), so
+# Everything owed on a GPU, in one batch of at most ~28 minutes (each phase under 10), so
 # that GPU time goes to measuring, not to setup. Run from the repo root on a machine with
 # a CUDA torch, triton, pytest-benchmark and nvcc (no network needed, nothing installed):
 #
@@ -22,8 +22,12 @@
 #   matching  time and peak memory per iteration, checkpoint vs unroll, for the CIFAR-10
 #             IPC 10 and CIFAR-100 IPC 50 presets, and memory vs syn_steps (6 min)
 #                                                                   -> matching-cuda.json/.log
+#   student   the student step at the CIFAR-10 IPC 10 preset (30 steps), original path vs
+#             the fused ConvNet block: time, peak memory, split of an iteration, kernel
+#             launches per step (5 min)                             -> student-cuda.json/.log
+#             (the test also writes benchmarks/results/student-cuda-30steps.json)
 # At most 8 result files per phase group, 2 per phase (a lent machine returns 8 a call):
-# e.g. `env build tests`, then `dsa zca`, then `matching`.
+# e.g. `env build tests`, then `dsa zca`, then `matching`, then `student`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -33,7 +37,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export MTT_FAST_CACHE="$PWD/build/mtt-fast-cache" MTT_FAST_JIT=0
 unset TRITON_INTERPRET MTT_FAST_BACKEND MTT_FAST_NO_EXT
-PHASES=${*:-env build tests dsa zca matching}
+PHASES=${*:-env build tests dsa zca matching student}
 status=0
 note() { echo "[run_gpu $(date +%T)] $*"; }
 limit() { local s=$1; shift; timeout --signal=INT --kill-after=30 "$s" "$@"; }
@@ -104,6 +108,13 @@ phase_matching() {
   MTT_FAST_BENCH_STEPS=10,20,40,80 bench matching 360 benchmarks/test_bench_matching.py \
     -k "preset or memory"
 }
+phase_student() {
+  MTT_FAST_BENCH_STUDENT_FULL=1 bench student 300 benchmarks/test_bench_student.py
+  local rc=$?
+  grep -hE "\[student|\[split\]|\[launches\]|^  (original|unroll|checkpoint|auto) " \
+    "$OUT/student-cuda.log" | tail -30
+  return $rc
+}
 
 dry_run() {
   note "DRY RUN with $PY (no GPU needed): build, imports, collection"
@@ -115,6 +126,8 @@ need = ["torch", "triton", "pytest", "pytest_benchmark", "psutil", "numpy", "sci
         "safetensors", "sklearn", "PIL", "tqdm", "ninja", "setuptools",
         "mtt_fast", "mtt_fast.ops.dsa.triton", "mtt_fast.ops.zca.triton",
         "mtt_fast.ops.dsa.native", "mtt_fast.ops.zca.native", "mtt_fast.matching",
+        "mtt_fast.ops.norm_block.triton", "mtt_fast.ops.norm_block.native",
+        "mtt_fast.ops.conv2d",
         "mtt_fast.distillation", "mtt_fast._jit"]
 bad = []
 for m in need:
@@ -131,7 +144,7 @@ print("imports:", "all ok" if not bad else "MISSING " + "; ".join(bad))
 raise SystemExit(1 if bad else 0)
 EOF
   for f in tests benchmarks/test_bench_dsa.py benchmarks/test_bench_zca.py \
-           benchmarks/test_bench_matching.py; do
+           benchmarks/test_bench_matching.py benchmarks/test_bench_student.py; do
     MTT_FAST_BENCH_DEVICE=cuda "$PY" -m pytest "$f" --collect-only -q -p no:cacheprovider \
       > "$OUT/collect.log" 2>&1
     local rc=$?
@@ -148,7 +161,7 @@ EOF
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
   || { note "no GPU visible to $PY (use DRY_RUN=1 to check the setup)"; exit 2; }
 for p in $PHASES; do
-  case $p in env|build|tests|dsa|zca|matching) ;; *) note "unknown phase $p"; exit 2;; esac
+  case $p in env|build|tests|dsa|zca|matching|student) ;; *) note "unknown phase $p"; exit 2;; esac
   [ "$p" != build ] && [ "$p" != env ] && case " $PHASES " in *" build "*) ;; *)
     phase_build > /dev/null || { status=1; continue; } ;; esac
   note "phase $p"

@@ -63,3 +63,25 @@ inline void check_zca(const at::Tensor& x, const at::Tensor& mean, const at::Ten
 }
 
 }  // namespace mtt_fast
+
+namespace mtt_fast {
+
+// Norm block: x (N, C, H, W) float32 / float64 with H, W >= 2; per-channel (C,) tensors
+// and per-plane (N, C) tensors of x's dtype and device. Returns x contiguous.
+inline at::Tensor check_norm_block_x(const at::Tensor& x_, const char* name) {
+  at::Tensor x = check_images(x_, name);
+  TORCH_CHECK(x.size(2) >= 2 && x.size(3) >= 2, name,
+              ": 2x2 pooling needs H, W >= 2, got ", x.size(2), "x", x.size(3));
+  return x;
+}
+
+inline at::Tensor check_like(const at::Tensor& t, const at::Tensor& x, const char* name,
+                             std::vector<int64_t> shape) {
+  check_device(t, x, name);
+  check_shape(t, name, std::move(shape));
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), name, ": expected dtype ", x.scalar_type(),
+              " (as x), got ", t.scalar_type());
+  return t.contiguous();
+}
+
+}  // namespace mtt_fast

@@ -28,4 +28,15 @@ TORCH_LIBRARY(mtt_fast, m) {
   m.def("dsa_color_backward(Tensor grad_out, Tensor saturation, Tensor contrast) -> Tensor");
   // ((x * scale - mean) @ matrix) as float32, reshaped to x's shape.
   m.def("zca_apply(Tensor x, Tensor mean, Tensor matrix, float scale) -> Tensor");
+  // Fused ConvNet block: GroupNorm(C, C) (affine, eps) -> ReLU -> 2x2 avg pooling.
+  // forward -> (y (N, C, H/2, W/2), mean (N, C), rstd (N, C)); backward -> (gx, gw (C,),
+  // gb (C,)); double_backward: the upstream grads of the backward's outputs (undefined =
+  // zero) -> (grad wrt grad_out, grad wrt x, grad wrt weight); the one wrt bias is zero.
+  m.def("norm_block_forward(Tensor x, Tensor weight, Tensor bias, float eps) -> "
+        "(Tensor, Tensor, Tensor)");
+  m.def("norm_block_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor bias, "
+        "Tensor mean, Tensor rstd) -> (Tensor, Tensor, Tensor)");
+  m.def("norm_block_double_backward(Tensor? ggx, Tensor? ggw, Tensor? ggb, Tensor grad_out, "
+        "Tensor x, Tensor weight, Tensor bias, Tensor mean, Tensor rstd) -> "
+        "(Tensor, Tensor, Tensor)");
 }

@@ -16,8 +16,11 @@ Two modes give the same answer:
   ``lambda_i = lambda_{i+1} - lr H_i lambda_{i+1}``,
   ``dL/dX += -lr (dg_i/dX)^T lambda_{i+1}``, ``dL/dlr += -<lambda_{i+1}, g_i>``.
   It is exact (no truncation, unlike TESLA), and its memory is that of ``segment`` steps
-  plus one flat vector per segment. ``segment="auto"`` picks the largest segment that fits
-  a memory budget (all steps: plain unroll).
+  plus one flat vector per segment. Segments are laid out from the end, so the last one is
+  full and exactly ``syn_steps - segment`` steps are recomputed (the first segment takes
+  the remainder). ``segment="auto"`` picks the fastest exact schedule that fits a memory
+  budget: the time grows with the recomputed steps, so that is the largest segment whose
+  graph fits (all steps: plain unroll, nothing recomputed); the result says what it chose.
 
 Mini-batch indices and augmentation parameters of every step are drawn once, before the
 forward sweep (:func:`make_plan`), and replayed in the backward sweep.
@@ -32,11 +35,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from mtt_fast import augment as _aug
 from mtt_fast.models.functional import functional_forward, layout
 
-__all__ = ["MatchResult", "StepPlan", "make_plan", "match", "step_graph_bytes", "MODES"]
+__all__ = ["MatchResult", "StepPlan", "make_plan", "match", "segment_starts", "step_graph_bytes",
+           "MODES"]
 
 MODES = ("checkpoint", "unroll")
 
@@ -69,6 +74,11 @@ class MatchResult:
         segment: the segment length used (``syn_steps`` for unroll).
         stored_bytes: bytes held by the stored flat parameter vectors (checkpoint mode).
         plan: the replayed :class:`StepPlan`.
+        recomputed_steps: student steps run twice (forward sweep, then with their graph):
+            ``syn_steps - segment``; 0 for unroll.
+        schedule: how the segment was chosen, for metrics: ``{"mode", "segment",
+            "recomputed_steps", "auto"}`` plus, for ``segment="auto"``, ``"budget_bytes"``
+            and ``"step_graph_bytes"`` (the measured graph of one step).
     """
 
     loss: torch.Tensor
@@ -78,6 +88,8 @@ class MatchResult:
     segment: int
     stored_bytes: int = 0
     plan: StepPlan | None = field(default=None, repr=False)
+    recomputed_steps: int = 0
+    schedule: dict = field(default_factory=dict)
 
 
 def make_plan(
@@ -131,7 +143,8 @@ def _step_loss(model, theta, X, Y, label_kind, idx, aug, backend):
     x = X if idx is None else X.index_select(0, idx)
     y = Y if idx is None else Y.index_select(0, idx)
     if aug is not None:
-        x = _aug.apply(x, aug, backend=backend)
+        with record_function("mtt::dsa"):  # a named range for profiles (no cost otherwise)
+            x = _aug.apply(x, aug, backend=backend)
     out = functional_forward(model, theta, x, _layout(model))
     if label_kind == "hard":
         return F.cross_entropy(out, y)
@@ -208,10 +221,13 @@ def step_graph_bytes(model, theta, X, Y, label_kind, plan_step=(None, None), bac
 _AUTO_CACHE: dict = {}
 
 
-def _auto_segment(model, theta, X, Y, label_kind, plan, budget, backend) -> int:
+def _auto_segment(model, theta, X, Y, label_kind, plan, budget, backend) -> tuple[int, dict]:
+    """The largest segment whose graph fits ``budget`` (fewest recomputed steps: fastest),
+    and what the choice was based on."""
     N = len(plan)
     first = plan.indices[0]
-    key = (id(model), theta.numel(), tuple(X.shape), X.dtype, X.device, N,
+    fused = getattr(model, "uses_fused_blocks", lambda: None)()
+    key = (id(model), fused, theta.numel(), tuple(X.shape), X.dtype, X.device, N,
            0 if first is None else len(first), budget)
     if key in _AUTO_CACHE:
         return _AUTO_CACHE[key]
@@ -229,8 +245,17 @@ def _auto_segment(model, theta, X, Y, label_kind, plan, budget, backend) -> int:
     per_step = step_graph_bytes(model, theta, X, Y, label_kind,
                                 (plan.indices[0], plan.aug[0]), backend)
     k = int(max(1, min(N, budget // max(per_step, 1))))
-    _AUTO_CACHE[key] = k
-    return k
+    _AUTO_CACHE[key] = k, {"budget_bytes": int(budget), "step_graph_bytes": int(per_step)}
+    return _AUTO_CACHE[key]
+
+
+def segment_starts(n_steps: int, k: int) -> list[int]:
+    """Starts of the checkpoint segments of ``n_steps`` steps, at most ``k`` steps each,
+    laid out from the end: the last segment is full, the first takes the remainder."""
+    if k >= n_steps:
+        return [0]
+    starts = list(range(n_steps - k, 0, -k))[::-1]
+    return starts if starts[0] == 0 else [0, *starts]
 
 
 def match(
@@ -313,8 +338,10 @@ def match(
     was_training = model.training
     model.train()
     try:
+        auto: dict = {}
         if mode == "checkpoint" and segment == "auto":
-            segment = _auto_segment(model, start, X, Y, kind, plan, memory_budget, backend)
+            segment, auto = _auto_segment(model, start, X, Y, kind, plan, memory_budget,
+                                          backend)
         if mode == "checkpoint" and (not isinstance(segment, int) or segment < 1):
             raise ValueError(f"segment must be a positive int or 'auto', got {segment!r}")
         if mode == "unroll" or segment >= syn_steps:
@@ -335,7 +362,16 @@ def match(
         segment=seg,
         stored_bytes=stored,
         plan=plan,
+        recomputed_steps=syn_steps - seg,
+        schedule={"mode": mode, "segment": seg, "recomputed_steps": syn_steps - seg,
+                  "auto": bool(auto), **auto},
     )
+
+
+def _sgd(theta, lr, g):
+    # the student's update, in a named range so profiles can attribute it (and its backward)
+    with record_function("mtt::sgd"):
+        return theta - lr * g
 
 
 def _run_steps(model, theta, X, Y, lr_, kind, plan, lo, hi, backend):
@@ -343,7 +379,7 @@ def _run_steps(model, theta, X, Y, lr_, kind, plan, lo, hi, backend):
     for i in range(lo, hi):
         loss = _step_loss(model, theta, X, Y, kind, plan.indices[i], plan.aug[i], backend)
         g = torch.autograd.grad(loss, theta, create_graph=True)[0]
-        theta = theta - lr_ * g
+        theta = _sgd(theta, lr_, g)
     return theta
 
 
@@ -358,7 +394,8 @@ def _unroll(model, start, target, denom, X, Y, lr_, kind, plan, wrt, backend):
 
 def _checkpoint(model, start, target, denom, X, Y, lr_, kind, plan, wrt, k, store_on, backend):
     N = len(plan)
-    bounds = list(range(0, N, k))  # segment starts
+    bounds = segment_starts(N, k)  # the last segment is full
+    slot = {b: j for j, b in enumerate(bounds)}
     last = bounds[-1]
     host = store_on == "host"
     pin = host and torch.cuda.is_available()
@@ -370,7 +407,7 @@ def _checkpoint(model, start, target, denom, X, Y, lr_, kind, plan, wrt, k, stor
     # Forward sweep without a graph up to the last segment's start, storing segment starts.
     with torch.enable_grad():
         for i in range(last):
-            if i % k == 0:
+            if i in slot:
                 if host:
                     buf = torch.empty(theta.shape, dtype=theta.dtype, pin_memory=pin)
                     stored.append(buf.copy_(theta.detach(), non_blocking=pin))
@@ -378,7 +415,7 @@ def _checkpoint(model, start, target, denom, X, Y, lr_, kind, plan, wrt, k, stor
                     stored.append(theta.detach())
             loss = _step_loss(model, theta, Xd, Yd, kind, plan.indices[i], plan.aug[i], backend)
             g = torch.autograd.grad(loss, theta)[0]
-            theta = (theta.detach() - lr_d * g).requires_grad_(True)
+            theta = _sgd(theta.detach(), lr_d, g).requires_grad_(True)
     stored_bytes = sum(t.numel() * t.element_size() for t in stored) + theta.numel() * (
         theta.element_size()
     )
@@ -391,10 +428,11 @@ def _checkpoint(model, start, target, denom, X, Y, lr_, kind, plan, wrt, k, stor
     lam = 2.0 * diff / denom  # dL/dtheta_N
     acc = [torch.zeros_like(w) for w in wrt]
     for s in reversed(bounds):
-        if s != last:  # recompute segment [s, s + k) from its stored start, with its graph
-            th0 = stored[s // k].to(X.device, non_blocking=True).requires_grad_(True)
+        if s != last:  # recompute the segment from its stored start, with its graph
+            th0 = stored[slot[s]].to(X.device, non_blocking=True).requires_grad_(True)
+            end = bounds[slot[s] + 1]
             with torch.enable_grad():
-                th = _run_steps(model, th0, X, Y, lr_, kind, plan, s, min(s + k, N), backend)
+                th = _run_steps(model, th0, X, Y, lr_, kind, plan, s, end, backend)
         inputs = list(wrt) + ([th0] if s > 0 else [])
         grads = torch.autograd.grad(th, inputs, grad_outputs=lam, allow_unused=True)
         for j in range(len(wrt)):

@@ -33,6 +33,7 @@ __all__ = [
     "save_image_grid",
     "MetricsWriter",
     "fsync_dir",
+    "keep_freed_memory",
     "pid_temp_path",
     "read_json",
     "read_jsonl",
@@ -395,3 +396,30 @@ def remove_dead_temps(folder: str | os.PathLike) -> list[Path]:
             except OSError:
                 pass
     return removed
+
+
+def keep_freed_memory(threshold_bytes: int = 1 << 30) -> bool:
+    """Let glibc keep freed heap memory for reuse instead of returning it to the OS.
+
+    torch's CPU allocator takes every tensor from ``malloc``; glibc serves blocks above its
+    mmap threshold (at most 32 MiB) with fresh ``mmap`` pages, so every large activation of
+    every student step page-faults its memory in again (about a third of a 52 MB copy's
+    time on the project machine). This raises the mmap threshold and the trim threshold to
+    ``threshold_bytes`` (``mallopt``), so freed blocks are reused. Process-wide; peak
+    memory is unchanged, the resident set stays at its high-water mark.
+
+    Returns:
+        True when applied (glibc), False elsewhere (no effect).
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    t = int(min(threshold_bytes, 2**31 - 1))
+    return bool(libc.mallopt(m_mmap_threshold, t)) and bool(libc.mallopt(m_trim_threshold, t))

@@ -26,6 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtt_fast.ops.conv2d import conv2d as _conv2d_2x
+from mtt_fast.ops.norm_block import norm_block
+
 ACTS = ("relu", "sigmoid", "leakyrelu")
 NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")
 POOLINGS = ("avgpooling", "maxpooling", "none")
@@ -58,6 +61,15 @@ def _conv_out(size: int, kernel: int, padding: int) -> int:
 
 def _too_small(model: str, im_size: tuple[int, int], detail: str) -> ValueError:
     return ValueError(f"{model}: input {im_size[0]}x{im_size[1]} is too small ({detail})")
+
+
+# Default of ConvNet(fused=None): run conv -> [instance norm -> ReLU -> avg pool] blocks
+# through the fused op (mtt_fast.ops.norm_block). Set it to False (or build with
+# fused=False, or set ``model.fused = False``) for the plain modules, e.g. to compare.
+FUSED_NORM_BLOCK = True
+# In fused blocks, run the convolutions through mtt_fast.ops.conv2d (same forward, a faster
+# explicit double backward); False keeps nn.Conv2d's autograd there.
+FUSED_CONV = True
 
 
 def _instance_or_batch(norm: str, c: int) -> nn.Module:
@@ -107,6 +119,15 @@ class ConvNet(nn.Module):
         im_size: (H, W) of the inputs. For 1-channel 28x28 inputs the first conv has
             padding 3 (28x28 -> 32x32) and the sizes are counted from 32x32, as the
             original.
+        fused: with instancenorm + relu + avgpooling, run each block's norm, ReLU and
+            pooling as one fused op (:func:`mtt_fast.ops.norm_block.norm_block`, with an
+            analytic double backward) and its convolution through
+            :func:`mtt_fast.ops.conv2d.conv2d` (a faster explicit double backward;
+            module-level ``FUSED_CONV``); None (default) follows the module-level
+            ``FUSED_NORM_BLOCK``. The modules, parameter names, order and shapes are the
+            same either way (``features.{4d+1}.weight`` / ``.bias`` are the GroupNorm's),
+            so flat vectors, stores and state dicts are interchangeable. The attribute
+            ``fused`` can be changed after construction. Other variants ignore it.
 
     Raises:
         ValueError: an unknown act / norm / pooling, or ``depth`` poolings shrink the
@@ -125,6 +146,7 @@ class ConvNet(nn.Module):
         norm: str = "instancenorm",
         pooling: str = "avgpooling",
         im_size=(32, 32),
+        fused: bool | None = None,
     ) -> None:
         super().__init__()
         _check(act, ACTS, "activation")
@@ -155,6 +177,19 @@ class ConvNet(nn.Module):
                     )
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(width * h * w, num_classes)
+        self.fused = fused
+        # blocks are [conv, norm, act, pool]: indices of the (conv, norm) pairs
+        self._fusable = (
+            [(4 * d, 4 * d + 1) for d in range(depth)]
+            if (norm, act, pooling) == ("instancenorm", "relu", "avgpooling")
+            else None
+        )
+
+    def uses_fused_blocks(self) -> bool:
+        """Whether :meth:`embed` runs the fused norm block (see ``fused``)."""
+        fused = getattr(self, "fused", None)  # absent on modules pickled before it existed
+        on = FUSED_NORM_BLOCK if fused is None else bool(fused)
+        return on and getattr(self, "_fusable", None) is not None
 
     @staticmethod
     def _act(act: str) -> nn.Module:
@@ -175,7 +210,18 @@ class ConvNet(nn.Module):
         return nn.GroupNorm(c, c, affine=True)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).flatten(1)
+        if not self.uses_fused_blocks():
+            return self.features(x).flatten(1)
+        f = self.features
+        for ci, ni in self._fusable:
+            conv, gn = f[ci], f[ni]
+            # the modules' own (or functional_call's substituted) parameters
+            if FUSED_CONV:
+                x = _conv2d_2x(x, conv.weight, conv.bias, conv.padding)
+            else:
+                x = conv(x)
+            x = norm_block(x, gn.weight, gn.bias, gn.eps)
+        return x.flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))
