@@ -186,7 +186,12 @@ class ConvNet(nn.Module):
         )
 
     def uses_fused_blocks(self) -> bool:
-        """Whether :meth:`embed` runs the fused norm block (see ``fused``)."""
+        """Whether :meth:`embed` runs the fused norm block (see ``fused``). Never while
+        ``torch.compile`` traces the model: the fused ops are eager-mode kernels (their
+        Functions query the running backward pass), and the compiler fuses the plain
+        modules itself."""
+        if torch.compiler.is_compiling():
+            return False
         fused = getattr(self, "fused", None)  # absent on modules pickled before it existed
         on = FUSED_NORM_BLOCK if fused is None else bool(fused)
         return on and getattr(self, "_fusable", None) is not None
