@@ -72,10 +72,12 @@ def run_loop(run: Run, observers: Sequence[Observer], evaluator: PeriodicEval | 
         o.on_start(run)
     try:
         pending: list[torch.Tensor] = []
+        schedule = None
         t_last = time.perf_counter()
         ck_every = cfg.checkpoint_every
         while st.iteration < cfg.iterations:
-            pending.append(step(st, run.ctx).loss)
+            out = step(st, run.ctx)
+            pending.append(out.loss)
             done = st.iteration
             at_end = done == cfg.iterations
             at_eval = evaluator is not None and ((cfg.eval_it and done % cfg.eval_it == 0) or at_end)
@@ -91,6 +93,8 @@ def run_loop(run: Run, observers: Sequence[Observer], evaluator: PeriodicEval | 
                     "sec_per_it": (now - t_last) / len(vals),
                     "losses": vals,
                 }
+                if out.schedule and out.schedule != schedule:  # what matching chose, when it changes
+                    rec["schedule"] = schedule = out.schedule
                 t_last = now
                 pending = []
                 for o in observers:

@@ -30,6 +30,7 @@ class StepOutput:
     loss: torch.Tensor  # 0-dim, on the device (read on the host only at log points)
     expert: int
     start_epoch: int
+    schedule: dict | None = None  # how matching laid out its exact gradient (host values)
 
 
 def next_expert(state: DistillState, num_experts: int) -> int:
@@ -69,4 +70,4 @@ def step(state: DistillState, ctx: Context) -> StepOutput:
     state.opt_img.step()
     state.opt_lr.step()
     state.iteration += 1
-    return StepOutput(res.loss.detach(), e, t)
+    return StepOutput(res.loss.detach(), e, t, dict(res.schedule) or None)

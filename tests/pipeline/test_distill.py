@@ -261,3 +261,10 @@ def test_matching_modes_and_host_storage_give_the_same_run(store, digits):
         torch.testing.assert_close(r.images, runs[0].images, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="store_on"):
         preset("digits", 1, store_on="disk")
+
+
+def test_metrics_say_which_matching_schedule_ran(tmp_path, store, digits):
+    distill(store=store, data=digits, out=tmp_path, segment="auto", **_kw(iterations=2))
+    recs = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "schedule" in r]
+    assert recs and recs[0]["schedule"]["auto"] is True
+    assert recs[0]["schedule"]["segment"] + recs[0]["schedule"]["recomputed_steps"] == 4
