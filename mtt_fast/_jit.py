@@ -334,9 +334,10 @@ def describe() -> tuple[list[str], str | None]:
                      f"ops, {code}")
     else:
         lines.append("  cuda: none")
-    lines.append(f"  {'op':<24s}cpu  cuda")
+    w = max([len(op) for op in kernels] + [22]) + 2
+    lines.append(f"  {'op':<{w}s}cpu  cuda")
     for op, v in kernels.items():
-        lines.append(f"  {op:<24s}{'yes' if 'cpu' in v else 'no':<5s}{'yes' if 'cuda' in v else 'no'}")
+        lines.append(f"  {op:<{w}s}{'yes' if 'cpu' in v else 'no':<5s}{'yes' if 'cuda' in v else 'no'}")
     build = where.get("build") or {}
     if build:
         lines.append(f"  built for: {summary(build)}")
