@@ -3,6 +3,7 @@ the one training loop it shares with evaluation (training.fit)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -69,6 +70,8 @@ def test_train_and_resume(tmp_path, tiny):
     store.check_model(get_model("ConvNet", 1, 10, (8, 8), **KW))
 
     # the top-level names resolve to the experts package (mtt_fast.store re-exports it)
+    importlib.import_module("mtt_fast.store")  # the old import path, kept for user code
+
     assert mtt_fast.train_experts is train_experts
     assert mtt_fast.TrajectoryStore is TrajectoryStore is mtt_fast.store.TrajectoryStore
     assert mtt_fast.import_buffers is mtt_fast.experts.import_buffers
