@@ -169,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the report as JSON here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out report")
     p.add_argument("--no-progress", action="store_true")
 
     for name, helptext in (
@@ -383,6 +384,8 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 
     if a.num_eval < 1 or a.eval_epochs < 1:
         raise _Fail(f"--num-eval and --eval-epochs must be >= 1, got {a.num_eval} and {a.eval_epochs}")
+    if a.out and Path(a.out).exists() and not a.overwrite:
+        raise _Fail(f"--out {a.out} already holds a report; pass --overwrite to replace it")
     syn = SyntheticSet.load(a.synthetic)
     if not syn.dataset:
         raise _Fail(f"{a.synthetic} does not record its dataset")

@@ -19,6 +19,7 @@ import torch
 
 from mtt_fast._version import __version__
 from mtt_fast.augment import DEFAULT_STRATEGY, parse_strategy
+from mtt_fast.utils import load_torch_file
 
 __all__ = ["SyntheticSet", "load_synthetic"]
 
@@ -124,12 +125,7 @@ def load_synthetic(path: str | os.PathLike) -> dict[str, Any]:
             missing keys (the message names the file).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"synthetic set file {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError, RuntimeError for corrupt zips, ...
-        raise ValueError(f"cannot load synthetic set {path} with weights_only=True: {e}") from e
+    obj = load_torch_file(path, "synthetic set file")
     if not isinstance(obj, Mapping):
         raise ValueError(f"synthetic set {path} holds a {type(obj).__name__}, expected a dict")
     missing = [k for k in ("images", "labels") if k not in obj]

@@ -34,6 +34,8 @@ __all__ = [
     "MetricsWriter",
     "fsync_dir",
     "keep_freed_memory",
+    "load_numpy_file",
+    "load_torch_file",
     "pid_temp_path",
     "read_json",
     "read_jsonl",
@@ -423,3 +425,76 @@ def keep_freed_memory(threshold_bytes: int = 1 << 30) -> bool:
     m_trim_threshold, m_mmap_threshold = -1, -3
     t = int(min(threshold_bytes, 2**31 - 1))
     return bool(libc.mallopt(m_mmap_threshold, t)) and bool(libc.mallopt(m_trim_threshold, t))
+
+
+# ----------------------------------------------------------------------------- safe reading
+# Every file the package reads back goes through these: nothing is unpickled beyond
+# tensors / arrays and plain containers, and a file that is not what was expected gets a
+# one-line error naming it. The libraries' own messages are not passed on for refused
+# content: they advise an unsafe load (``weights_only=False``, ``allow_pickle=True``).
+
+
+def _head(path: Path, n: int = 8) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def _not_expected(path: Path, what: str, e: BaseException | None, magic: tuple) -> ValueError:
+    import pickle
+    import zipfile
+
+    head = _head(path)
+    if not head.startswith(magic):
+        why = "it is not in that file format (unrecognised first bytes)"
+    elif e is None:
+        why = "unexpected content"
+    elif isinstance(e, pickle.UnpicklingError) or "pickle" in str(e).lower():
+        why = "it holds objects other than tensors / arrays in plain containers (refused)"
+    elif isinstance(e, (EOFError, zipfile.BadZipFile)) or "zip" in str(e).lower():
+        why = "it is truncated or damaged"
+    else:
+        why = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else 'unreadable'}"
+    return ValueError(f"{path} is not what was expected (expected: {what}): {why}")
+
+
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # zip (torch >= 1.6) or a legacy pickle
+_NUMPY_MAGIC = (b"\x93NUMPY", b"PK\x03\x04")  # .npy or .npz
+
+
+def load_torch_file(path: str | os.PathLike, what: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU with one-line errors.
+
+    Args:
+        path: the file.
+        what: what it should be, for messages (e.g. ``"mtt-fast checkpoint"``).
+
+    Raises:
+        FileNotFoundError: no such file (names it).
+        ValueError: anything else: names the file and ``what``, never suggests an unsafe load.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, RuntimeError (bad zip), EOFError, ...
+        raise _not_expected(path, what, e, _TORCH_MAGIC) from None
+
+
+def load_numpy_file(path: str | os.PathLike, what: str, **kwargs: Any) -> Any:
+    """``np.load(path, allow_pickle=False, **kwargs)`` with one-line errors (as
+    :func:`load_torch_file`). An ``.npz`` is read whole into a dict of arrays."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        obj = np.load(path, allow_pickle=False, **kwargs)
+        if isinstance(obj, np.lib.npyio.NpzFile):
+            with obj as z:
+                return {k: z[k] for k in z.files}
+        return obj
+    except Exception as e:  # ValueError (pickled data), BadZipFile, OSError, EOFError, ...
+        raise _not_expected(path, what, e, _NUMPY_MAGIC) from None

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mtt_fast.utils import load_numpy_file
+
 MNIST_CLASSES = [str(i) for i in range(10)]
 FASHION_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -502,11 +504,10 @@ def read_image_folder(root: str | Path) -> Arrays:
 
 
 def _open_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except Exception as e:  # OSError, ValueError, zipfile.BadZipFile, zlib.error, ...
-        raise ValueError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
+    arrays = load_numpy_file(path, ".npz archive of arrays")
+    if not isinstance(arrays, dict):
+        raise ValueError(f"{path} is not what was expected (expected: .npz archive): a .npy array")
+    return arrays
 
 
 def to_nchw(arr: np.ndarray, what: str = "images") -> np.ndarray:

@@ -12,7 +12,7 @@ import torch
 
 from mtt_fast._version import __version__
 from mtt_fast.config import Config
-from mtt_fast.utils import rng_state, set_rng_state, to_jsonable
+from mtt_fast.utils import load_torch_file, rng_state, set_rng_state, to_jsonable
 
 __all__ = ["DistillState", "init_synthetic", "CHECKPOINT_FORMAT"]
 
@@ -132,12 +132,11 @@ class DistillState:
     @staticmethod
     def read_checkpoint(path: Path) -> dict:
         """The checkpoint's dict (``weights_only=True``), or a one-line ``ValueError``."""
-        try:
-            ck = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from e
+        ck = load_torch_file(path, "mtt-fast distillation checkpoint")
         if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a mtt-fast distillation checkpoint")
+            raise ValueError(
+                f"{path} is not what was expected (expected: mtt-fast distillation checkpoint)"
+            )
         return ck
 
     @classmethod

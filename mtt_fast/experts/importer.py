@@ -8,7 +8,6 @@ order. Files are loaded with ``torch.load(weights_only=True)``: no code runs.
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 
 from mtt_fast.experts.meta import ExpertTraining, Preprocessing, StoreMeta
 from mtt_fast.experts.store import META, TrajectoryStore
+from mtt_fast.utils import load_torch_file
 
 __all__ = ["import_buffers"]
 
@@ -41,18 +41,7 @@ def _buffer_files(files: str | os.PathLike | Iterable) -> list[Path]:
 
 
 def _load_buffer(path: Path) -> list:
-    if not path.is_file():
-        raise FileNotFoundError(f"replay buffer {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(
-            f"refusing to load replay buffer {path}: it needs unpickling of arbitrary "
-            f"objects, which torch.load(weights_only=True) does not allow (a buffer holds "
-            f"only lists of tensors). Detail: {str(e).splitlines()[0] if str(e) else e}"
-        ) from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"cannot read replay buffer {path}: {e}") from e
+    obj = load_torch_file(path, "replay buffer of the original code (lists of tensors)")
     if not isinstance(obj, (list, tuple)):
         raise ValueError(
             f"replay buffer {path} holds a {type(obj).__name__}; expected a list of experts "

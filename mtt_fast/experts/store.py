@@ -15,14 +15,26 @@ only whole experts (plus, at worst, a temporary file that is ignored and removed
 next :meth:`TrajectoryStore.open` once its writer is gone). Experts are read with
 ``np.load(mmap_mode="r")``: sampling a ``(start, target)`` pair reads two rows.
 
+Several processes may fill one store at once (``mtt-fast buffer`` twice, or the ranks of
+a torchrun job): before training expert ``i`` a process *claims* it with an exclusive lock
+on ``expert_0000i.claim`` (:meth:`TrajectoryStore.claim`). The operating system drops the
+lock when its holder dies, so a killed claimant's expert is simply claimed again by the
+next process that looks; expert ``i`` is always trained from seed ``seed + i``, whoever
+trains it, so the store ends with exactly the asked experts whatever the interleaving.
+
+Every expert is verified when the store is opened (shape from the file's size, dtype, a
+finite last snapshot): a damaged file is named at once, not when it is sampled mid-run.
+
 Stores written by earlier versions (``meta.json`` format version 1) open as they are.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,9 +49,9 @@ from mtt_fast.experts.meta import (
     _describe,
     _first_layout_difference,
 )
-from mtt_fast.utils import atomic_publish, remove_dead_temps, to_jsonable
+from mtt_fast.utils import atomic_publish, load_numpy_file, remove_dead_temps, to_jsonable
 
-__all__ = ["TrajectoryStore", "FORMAT", "FORMAT_VERSION", "META"]
+__all__ = ["TrajectoryStore", "Claim", "FORMAT", "FORMAT_VERSION", "META"]
 
 META = "meta.json"
 _EXPERT_RE = re.compile(r"^expert_(\d{5,})\.npy$")
@@ -47,6 +59,63 @@ _EXPERT_RE = re.compile(r"^expert_(\d{5,})\.npy$")
 
 def _expert_name(i: int) -> str:
     return f"expert_{i:05d}.npy"
+
+
+def _claim_name(i: int) -> str:
+    return f"expert_{i:05d}.claim"
+
+
+_CLAIM_RE = re.compile(r"^expert_(\d{5,})\.claim$")
+
+
+class Claim:
+    """A held claim on one expert index (see :meth:`TrajectoryStore.claim`)."""
+
+    def __init__(self, index: int, path: Path, fd: int) -> None:
+        self.index, self.path, self._fd = index, path, fd
+
+    def touch(self) -> None:
+        """Mark the claim as alive now (its mtime), for a human looking at the folder."""
+        try:
+            os.utime(self._fd)
+        except OSError:
+            pass
+
+    def release(self) -> None:
+        """Give the claim up (after the expert is published, or on failure)."""
+        if self._fd < 0:
+            return
+        try:
+            self.path.unlink()  # while still locked: nobody holds a lock on a stale inode
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = -1
+
+    def __enter__(self) -> Claim:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _lock(path: Path) -> int | None:
+    """An exclusive, non-blocking lock on the file ``path`` (created if needed): its fd, or
+    None if another process holds it. Retries when the file was replaced meanwhile."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # locked a file its holder had just removed: try the current one
 
 
 def _next_expert(p: Path) -> Path:
@@ -153,7 +222,18 @@ class TrajectoryStore:
         store = cls(path, meta)
         if expect is not None:
             store.check(expect)
+        store.verify()
         return store
+
+    def verify(self) -> None:
+        """Check every expert file: its size and header give float32 ``(epochs + 1, P)``
+        and its last snapshot is finite.
+
+        Raises:
+            ValueError: names the first damaged file and what to do about it.
+        """
+        for i in range(self.num_experts):
+            self.expert(i)
 
     def check(self, expect: StoreMeta | Mapping[str, Any]) -> None:
         """Raise ``ValueError`` if the store was made for something else than ``expect``.
@@ -230,11 +310,13 @@ class TrajectoryStore:
         )
 
     # ------------------------------------------------------------------ writing
-    def add_expert(self, traj: torch.Tensor | np.ndarray) -> int:
-        """Write one expert atomically, under the first free index.
+    def add_expert(self, traj: torch.Tensor | np.ndarray, index: int | None = None) -> int:
+        """Write one expert atomically, under ``index`` or else the first free index.
 
         Args:
             traj: (epochs + 1, P) flat parameters (any float dtype; stored as float32).
+            index: the index to publish under (a claimed one, see :meth:`claim`); an
+                existing expert there is never replaced (``FileExistsError``).
 
         Returns:
             The new expert's index.
@@ -260,15 +342,75 @@ class TrajectoryStore:
             )
         arr = np.ascontiguousarray(arr)
         self.refresh()
-        i = (self._indices[-1] + 1) if self._indices else 0
+        if index is None:
+            i = (self._indices[-1] + 1) if self._indices else 0
+        else:
+            i = int(index)
         final = atomic_publish(
             lambda f: np.save(f, arr),
             self.path / _expert_name(i),
             overwrite=False,  # never replaces a concurrent writer's expert
-            next_name=_next_expert,
+            next_name=_next_expert if index is None else None,
         )
         self.refresh()
         return int(_EXPERT_RE.match(final.name).group(1))
+
+    # ------------------------------------------------------------------ claims
+    def claim(self, i: int) -> Claim | None:
+        """Claim expert index ``i`` for training, or None if another live process holds it
+        or it is already published.
+
+        The claim is an exclusive lock (``flock``) on ``expert_0000i.claim``; it lasts until
+        :meth:`Claim.release` or the death of this process, whichever comes first, so a
+        killed claimant's index can be claimed again at once.
+        """
+        path = self.path / _claim_name(int(i))
+        fd = _lock(path)
+        if fd is None:
+            return None
+        claim = Claim(int(i), path, fd)
+        if (self.path / _expert_name(int(i))).exists():  # finished while we looked
+            claim.release()
+            return None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+        return claim
+
+    def claimed(self) -> set[int]:
+        """Indices claimed by live processes (stale claim files of dead ones are removed)."""
+        live = set()
+        for p in self.path.iterdir():
+            m = _CLAIM_RE.match(p.name)
+            if not m:
+                continue
+            fd = _lock(p)
+            if fd is None:
+                live.add(int(m.group(1)))
+            else:  # its holder is gone
+                Claim(int(m.group(1)), p, fd).release()
+        return live
+
+    def next_to_train(self, want: int) -> Claim | int | None:
+        """What this process should do to bring the store to ``want`` experts.
+
+        Returns:
+            A :class:`Claim` on the lowest index neither published nor claimed: train it
+            (from seed ``seed + index``), publish it under that index, release the claim.
+            An ``int`` (how many experts other live processes are still training): wait
+            and ask again. ``None``: the store holds ``want`` experts.
+        """
+        while True:
+            self.refresh()
+            have = set(self._indices)
+            if len(have) >= want:
+                return None
+            busy = self.claimed() - have
+            if len(have) + len(busy) >= want:
+                return len(busy)
+            i = next(j for j in range(len(have) + len(busy) + 1) if j not in have | busy)
+            claim = self.claim(i)
+            if claim is not None:
+                return claim
 
     # ------------------------------------------------------------------ reading
     def _file(self, i: int) -> Path:
@@ -289,16 +431,22 @@ class TrajectoryStore:
         if mm is not None:
             return mm
         path = self._file(i)
+        fix = "delete it and run `mtt-fast buffer` again to retrain it"
         try:
-            mm = np.load(path, mmap_mode="r", allow_pickle=False)
+            mm = load_numpy_file(path, "expert trajectory (.npy)", mmap_mode="r")
         except FileNotFoundError as e:
             raise FileNotFoundError(f"expert file {path} is missing") from e
-        except (ValueError, OSError, EOFError) as e:
-            raise ValueError(f"corrupt expert file {path}: {e}") from e
+        except ValueError as e:
+            raise ValueError(f"damaged expert file: {e}; {fix}") from None
         want = (self.epochs + 1, self.num_params)
-        if mm.shape != want or mm.dtype != np.float32:
+        if not isinstance(mm, np.ndarray) or mm.shape != want or mm.dtype != np.float32:
+            got = f"{mm.dtype} {mm.shape}" if isinstance(mm, np.ndarray) else "an .npz archive"
             raise ValueError(
-                f"corrupt expert file {path}: {mm.dtype} {mm.shape}, expected float32 {want}"
+                f"damaged expert file {path}: {got}, expected float32 {want}; {fix}"
+            )
+        if not np.isfinite(mm[-1]).all():
+            raise ValueError(
+                f"damaged expert file {path}: its last snapshot has non-finite values; {fix}"
             )
         self._cache[i] = mm
         return mm

@@ -5,12 +5,18 @@ momentum and no weight decay, batch 256, DSA on every real batch, a flat snapsho
 training and after every epoch, optionally lr x0.1 after epoch ``epochs // 2 + 1``. The
 epochs run in :func:`mtt_fast.training.fit`, the loop evaluation uses too. Every finished
 expert is written atomically, so re-running the same command resumes.
+
+Several processes may fill one store at once: each claims an expert index before training
+it (:meth:`TrajectoryStore.next_to_train`), trains expert ``i`` from seed ``seed + i`` and
+publishes it under index ``i``; a process that finds the remaining experts claimed by
+others waits for them (and takes over the expert of a claimant that dies).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -51,6 +57,7 @@ def train_experts(
     data: Any = None,
     log: Callable[[dict], None] | None = None,
     model_kwargs: Mapping | None = None,
+    poll: float = 2.0,
 ) -> TrajectoryStore:
     """Train ``num_experts`` experts on the real data and store their trajectories.
 
@@ -80,6 +87,8 @@ def train_experts(
         log: called with every per-epoch record (dict) besides the JSON log.
         model_kwargs: ConvNet-family overrides for ``get_model`` (e.g. ``{"width": 16}``);
             the resolved :func:`mtt_fast.models.model_spec` is stored.
+        poll: seconds between looks at the store while other processes train its last
+            experts (this call returns when the store holds ``num_experts``).
 
     Returns:
         The :class:`TrajectoryStore` at ``out`` holding ``num_experts`` experts.
@@ -144,6 +153,7 @@ def train_experts(
         store = TrajectoryStore.open(out, expect=meta)
     start = store.num_experts
     todo = max(num_experts - start, 0)
+    waiting = None
     bar = None
     if progress and todo:
         from tqdm.auto import tqdm
@@ -152,7 +162,18 @@ def train_experts(
     decay_after = training.decay_epoch(epochs) if lr_decay else None  # buffer.py's lr_schedule
     try:
         with open(out / "log.jsonl", "a", encoding="utf-8") as logf:
-            for i in range(start, num_experts):
+            while True:
+                job = store.next_to_train(num_experts)
+                if job is None:
+                    break
+                if isinstance(job, int):  # the rest is being trained by other processes
+                    if waiting != job and progress:
+                        print(f"waiting for {job} expert(s) other processes are training "
+                              f"into {out}", file=sys.stderr)  # fmt: skip
+                    waiting = job
+                    time.sleep(poll)
+                    continue
+                claim, i = job, job.index
                 torch.manual_seed(seed + i)
                 net = _models.from_spec(spec).to(device)
                 gen = torch.Generator(device=device).manual_seed(seed + i)
@@ -160,7 +181,9 @@ def train_experts(
                 snaps[0] = _flat_params(net)
                 t0 = time.perf_counter()
 
-                def after_epoch(st: training.EpochStats, i=i, net=net, snaps=snaps, t0=t0) -> None:
+                def after_epoch(
+                    st: training.EpochStats, i=i, net=net, snaps=snaps, t0=t0, claim=claim
+                ) -> None:
                     test_acc = training.evaluate_accuracy(net, test_x, test_y)
                     snaps[st.epoch] = _flat_params(net)
                     rec = {
@@ -176,26 +199,30 @@ def train_experts(
                     logf.flush()
                     if log is not None:
                         log(rec)
+                    claim.touch()
                     if bar is not None:
                         bar.set_postfix(
                             expert=i, train=f"{st.acc:.3f}", test=f"{test_acc:.3f}", refresh=False
                         )
                         bar.update(1)
 
-                training.fit(
-                    net,
-                    train_x,
-                    train_y,
-                    training.sgd(net, momentum, weight_decay),
-                    lr,
-                    epochs,
-                    batch_size,
-                    strategy,
-                    gen,
-                    decay_after=decay_after,
-                    on_epoch=after_epoch,
-                )
-                store.add_expert(snaps.cpu())
+                try:
+                    training.fit(
+                        net,
+                        train_x,
+                        train_y,
+                        training.sgd(net, momentum, weight_decay),
+                        lr,
+                        epochs,
+                        batch_size,
+                        strategy,
+                        gen,
+                        decay_after=decay_after,
+                        on_epoch=after_epoch,
+                    )
+                    store.add_expert(snaps.cpu(), index=i)
+                finally:
+                    claim.release()
     finally:
         if bar is not None:
             bar.close()

@@ -111,3 +111,21 @@ def test_eval_refuses_nan_sets_and_zero_models(tmp_path, capsys):
     assert "not all finite" in capsys.readouterr().err
     assert main(["eval", str(p), "--num-eval", "0"]) == 2
     assert "--num-eval" in capsys.readouterr().err
+
+
+def test_eval_does_not_replace_a_finished_report_unless_asked(tmp_path, capsys):
+    from mtt_fast.cli import main
+    from mtt_fast.synthetic import SyntheticSet
+
+    p, rep = tmp_path / "s.pt", tmp_path / "report.json"
+    g = torch.Generator().manual_seed(0)
+    SyntheticSet(torch.randn(10, 1, 8, 8, generator=g), torch.arange(10), 0.01,
+                 dataset="digits", model="MLP").save(p)  # fmt: skip
+    rep.write_text('{"finished": true}')
+    args = ["eval", str(p), "--num-eval", "1", "--eval-epochs", "1", "--out", str(rep)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "already holds a report" in err and "--overwrite" in err and len(err.splitlines()) == 1
+    assert rep.read_text() == '{"finished": true}'
+    assert main([*args, "--overwrite", "--no-progress"]) == 0
+    assert "results" in rep.read_text()
