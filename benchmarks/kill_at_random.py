@@ -13,7 +13,8 @@ kill it checks that everything on disk loads (the store opens and verifies every
 the checkpoint, the synthetic set and every metrics line read back; a report is whole JSON).
 Whenever a run finishes it checks that the result equals the reference bit for bit and
 that no temporary file is left, then starts over in a fresh folder. It counts kills, kills
-that left a temporary file (i.e. landed during a write), finished resumes and failures,
+that left a temporary file behind (i.e. landed during a write; every other kill is aimed at
+one: it fires as soon as a temporary file appears), finished resumes and failures,
 prints them as JSON and exits 1 on any failure.
 
 Every stage runs through the ``mtt-fast`` command in a subprocess with one thread.
@@ -109,6 +110,19 @@ def _check_eval(report: Path, ref: Path | None) -> None:
         assert a["results"] == b["results"], "evaluation results differ"
 
 
+def _wait_for_a_write(proc: subprocess.Popen, folder: Path, limit: float) -> None:
+    """Return as soon as ``folder`` holds a temporary file (a write in progress), the
+    process ended, or ``limit`` seconds passed."""
+    end = time.perf_counter() + limit
+    while time.perf_counter() < end and proc.poll() is None:
+        try:
+            if any(".tmp-" in e.name for e in os.scandir(folder)):
+                return
+        except FileNotFoundError:
+            pass
+        time.sleep(0.0002)
+
+
 # ----------------------------------------------------------------------------- one stage
 def stage(name: str, args, target: Path, check, ref: Path, kills: int, ref_s: float,
           rng: random.Random, done_when) -> dict:  # fmt: skip
@@ -127,14 +141,17 @@ def stage(name: str, args, target: Path, check, ref: Path, kills: int, ref_s: fl
                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
         runs += 1
         delay = rng.uniform(0.5, 1.2 * ref_s) if counts["kills"] < kills else None
+        # every other kill is aimed at a write: as soon as a temporary file shows up
+        aimed = delay is not None and counts["kills"] % 2 == 1
         try:
-            proc.wait(timeout=delay)
+            if aimed:
+                _wait_for_a_write(proc, folder, delay)
+            proc.wait(timeout=delay if not aimed else 0)
         except subprocess.TimeoutExpired:
-            during_write = bool(_temps(folder))
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             counts["kills"] += 1
-            counts["kills_during_write"] += during_write
+            counts["kills_during_write"] += bool(_temps(folder))  # the kill left a temp file
             try:
                 check(target, None)
             except Exception as e:  # noqa: BLE001 - every failure is reported

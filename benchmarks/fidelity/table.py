@@ -3,8 +3,8 @@
 Usage: ``python benchmarks/fidelity/table.py OUT --cell DATASET/ipcN --command "..."``
 
 Every ``--cell`` (a folder ``OUT/<dataset>/ipc<N>`` holding the ``report.json`` that
-``mtt-fast reproduce`` wrote) replaces the row of the same (dataset, IPC) in the results
-file; rows of other cells are kept, so the MNIST and CIFAR-10-slice runs, made by different
+``mtt-fast reproduce`` wrote) replaces the row of the same (dataset, IPC, command) in the
+results file; rows of other cells (and other settings of the same cell) are kept, so the MNIST and CIFAR-10-slice runs, made by different
 commands (and possibly on different days), end up in one table. Each row keeps the command
 that made it and the machine and versions it ran on (``report["versions"]``).
 """
@@ -26,14 +26,14 @@ NAME = "fidelity-mnist"
 def merge(out: Path, cells: list[str], command: str, results: Path = RESULTS) -> dict:
     path = results / f"{NAME}.json"
     table = json.loads(path.read_text()) if path.exists() else {"rows": []}
-    rows = {(r["dataset"], int(r["ipc"])): r for r in table["rows"]}
+    rows = {(r["dataset"], int(r["ipc"]), r["command"]): r for r in table["rows"]}
     for cell in cells:
         report_path = out / cell / "report.json"
         if not report_path.is_file():
             sys.exit(f"table.py: {report_path}: no report (the cell has not finished)")
         row = json.loads(report_path.read_text())
         row["command"] = command
-        rows[(row["dataset"], int(row["ipc"]))] = row
+        rows[(row["dataset"], int(row["ipc"]), command)] = row
     table["rows"] = [rows[k] for k in sorted(rows)]
     table["note"] = (
         "accuracy.mtt is the final synthetic set (headline); accuracy_paper_style is the best "
