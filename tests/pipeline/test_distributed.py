@@ -124,3 +124,12 @@ def test_a_killed_rank_resumes_to_the_uninterrupted_result(store, tmp_path):
     (a, lr_a), (b, lr_b) = _images(tmp_path / "ref"), _images(out)
     torch.testing.assert_close(b, a, rtol=0, atol=1e-6 * float(a.abs().max()))
     assert lr_b == pytest.approx(lr_a, rel=1e-6)
+
+
+def test_a_refusal_on_rank_0_stops_every_rank_with_its_message(store, tmp_path):
+    out = tmp_path / "run"
+    args = ["distill", "--store", str(store), *DIST_ARGS, "--iterations", "2", "--out", str(out)]
+    _ok(_cli(args))
+    r = subprocess.run(_cli(args, nproc=2), env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0  # no hang: the other rank got rank 0's refusal
+    assert r.stderr.count("already holds a distillation") == 2, r.stderr[-2000:]
