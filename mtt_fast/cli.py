@@ -39,7 +39,10 @@ class _Fail(Exception):
 
 
 def _print(*a: Any) -> None:
-    print(*a, flush=True)
+    from mtt_fast import distributed
+
+    if distributed.is_main():  # under torchrun: rank 0 speaks for all
+        print(*a, flush=True)
 
 
 # ---------------------------------------------------------------------------- options
@@ -333,7 +336,10 @@ def _cmd_buffer(a: argparse.Namespace) -> int:
     cfg, _ = config_from_args(a, a.dataset)
     out = Path(a.out or f"buffers/{cfg.dataset}")
     data = prepare(cfg.dataset, root=a.root, zca=cfg.zca, device=a.device)
-    store = train_store(cfg, data, out, a.device, not a.no_progress)
+    from mtt_fast import distributed
+
+    # under torchrun every process claims and trains experts of the one store
+    store = train_store(cfg, data, out, a.device, not a.no_progress and distributed.is_main())
     _print(f"{store!r}")
     return 0
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from mtt_fast import distributed
 from mtt_fast._version import __version__
 from mtt_fast.config import Config, preset
 from mtt_fast.evaluation import BASELINE_LR, CORESET_KINDS
@@ -88,6 +89,7 @@ def train_store(cfg: Config, data: Any, out: str | os.PathLike, device, progress
         progress=progress,
         data=data,
         model_kwargs=cfg.model_kwargs,
+        at_once=cfg.experts_at_once,
     )
 
 
@@ -164,7 +166,12 @@ def run(
     bad = [k for k in baselines if k not in CORESET_KINDS]
     if bad:
         raise ValueError(f"unknown baseline(s) {bad}; known: {', '.join(CORESET_KINDS)}")
-    device = torch.device(device)
+    # under torchrun: every process trains experts (claims) and shares the distillation;
+    # rank 0 alone evaluates, logs and writes the report (the others return {})
+    device = distributed.setup(device)
+    main_rank = distributed.is_main()
+    say = say if main_rank else (lambda *_: None)
+    progress = progress and main_rank
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
@@ -198,6 +205,8 @@ def run(
         explicit=explicit,
     )
     timings["distill_s"] = time.perf_counter() - t
+    if not main_rank:
+        return {}
     cfg = res.config
     models = cfg.models_to_eval
 
@@ -433,6 +442,8 @@ def reproduce(
     t0 = time.perf_counter()
 
     def write() -> dict:
+        if not distributed.is_main():
+            return {}
         table = {
             "rows": rows,
             "command": command,
@@ -470,20 +481,21 @@ def reproduce(
                     say(f"{ds} ipc {ipc}: done before, kept ({cell / REPORT})")
                     rows.append(read_json(cell / REPORT))
                 else:
-                    rows.append(
-                        run(
-                            out=cell,
-                            store=store,
-                            device=device,
-                            resume=(cell / "checkpoint.pt").exists(),
-                            progress=progress,
-                            data=data,
-                            config=cfgs[ipc],
-                            explicit=explicit,
-                            baselines=baselines,
-                            log=log,
-                        )
+                    row = run(
+                        out=cell,
+                        store=store,
+                        device=device,
+                        resume=(cell / "checkpoint.pt").exists(),
+                        progress=progress,
+                        data=data,
+                        config=cfgs[ipc],
+                        explicit=explicit,
+                        baselines=baselines,
+                        log=log,
                     )
+                    if not distributed.is_main():  # under torchrun rank 0 writes the table
+                        continue
+                    rows.append(row)
                 rows.sort(key=lambda r: (str(r["dataset"]), int(r["ipc"])))
                 table = write()
     say(f"wrote {out / TABLE_MD} and {out / TABLE_JSON} in {time.perf_counter() - t0:.0f} s")

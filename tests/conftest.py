@@ -188,3 +188,31 @@ def digits_subset():
         )
 
     return make
+
+
+@pytest.fixture
+def load_without_triton(monkeypatch):
+    """``load_without_triton("dsa")``: a fresh copy of ``mtt_fast/ops/<op>/triton.py`` (and of
+    the shared ``mtt_fast/ops/_triton.py`` it imports) executed as if triton were absent."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    import mtt_fast
+
+    monkeypatch.setitem(sys.modules, "triton", None)
+    monkeypatch.setitem(sys.modules, "triton.language", None)
+    ops = Path(mtt_fast.__file__).parent / "ops"
+
+    def load(op: str):
+        mods = []
+        for name, path in (("mtt_fast.ops._triton", ops / "_triton.py"),
+                           (f"_no_triton_{op}", ops / op / "triton.py")):  # fmt: skip
+            spec = importlib.util.spec_from_file_location(name, path)
+            mods.append(importlib.util.module_from_spec(spec))
+            monkeypatch.setitem(sys.modules, name, mods[-1])
+            spec.loader.exec_module(mods[-1])
+        assert not mods[0].available()
+        return mods[1]
+
+    return load

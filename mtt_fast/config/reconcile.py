@@ -34,6 +34,7 @@ RESUME_KEYS = (
     "dsa_strategy",
     "init",
     "seed",
+    "trajectories",
 )
 # optimisation settings that an explicit request may change on resume
 CHANGEABLE_ON_RESUME = ("lr_img", "lr_lr")

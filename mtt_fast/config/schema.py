@@ -98,6 +98,8 @@ class ExpertSettings:
         buffer_momentum: SGD momentum (buffer.py: 0).
         buffer_weight_decay: SGD weight decay (buffer.py: 0).
         buffer_lr_decay: lr x0.1 after epoch ``buffer_epochs // 2 + 1`` (buffer.py ``--decay``).
+        experts_at_once: experts one process trains together, vectorised with ``torch.func``
+            (each the same expert up to floating-point reassociation; pays on a GPU).
     """
 
     num_experts: int = _f(100, "experts in the store")
@@ -107,9 +109,10 @@ class ExpertSettings:
     buffer_momentum: float = _f(0.0, "experts' SGD momentum", flag="--expert-momentum")
     buffer_weight_decay: float = _f(0.0, "experts' SGD weight decay", flag="--expert-weight-decay")
     buffer_lr_decay: bool = _f(False, "experts' lr x0.1 after epoch epochs//2+1", flag="--expert-lr-decay")
+    experts_at_once: int = _f(1, "experts trained together in one process (vectorised; pays on a GPU)")
 
     def __post_init__(self) -> None:
-        _ints(self, 1, "num_experts", "buffer_epochs", "buffer_batch")
+        _ints(self, 1, "num_experts", "buffer_epochs", "buffer_batch", "experts_at_once")
         _positive(self, "buffer_lr")
         for n in ("buffer_momentum", "buffer_weight_decay"):
             if not _is_num(getattr(self, n)) or getattr(self, n) < 0:
@@ -138,6 +141,9 @@ class DistillSettings:
         eval_it: evaluate every ``eval_it`` iterations (0: only at the end).
         checkpoint_it: checkpoint interval (``None``: ``eval_it``).
         log_every: iterations between host reads of the loss.
+        trajectories: (expert, start epoch) pairs matched per iteration, their exact
+            gradients averaged (1 = the paper). Under torchrun they are spread over the
+            processes; the set does not depend on the number of processes.
     """
 
     iterations: int = _f(5000, "distillation iterations")
@@ -155,9 +161,10 @@ class DistillSettings:
     eval_it: int = _f(500, "evaluate every N iterations (0: only at the end)")
     checkpoint_it: int | None = _f(None, "checkpoint every N iterations (default: eval-it)")
     log_every: int = _f(10, "iterations between loss reads")
+    trajectories: int = _f(1, "trajectories matched per iteration, gradients averaged (1: the paper)")
 
     def __post_init__(self) -> None:
-        _ints(self, 1, "syn_steps", "expert_epochs", "max_start_epoch", "log_every")
+        _ints(self, 1, "syn_steps", "expert_epochs", "max_start_epoch", "log_every", "trajectories")
         _ints(self, 0, "iterations", "eval_it")
         _positive(self, "lr_img", "lr_lr", "lr_teacher")
         if self.batch_syn is not None and (not _is_int(self.batch_syn) or self.batch_syn < 1):

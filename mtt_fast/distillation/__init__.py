@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from mtt_fast import distributed
 from mtt_fast.config import Config, reconcile_checkpoint, reconcile_store
 from mtt_fast.config import preset as _preset
 from mtt_fast.distillation.loop import Run, run_loop
@@ -301,7 +302,9 @@ def distill(
         cfg = Config(dataset=dataset, ipc=ipc).replace(**given)
     cfg = reconcile_store(cfg, st.meta, explicit, str(st.path))
     out_p = Path(out) if out is not None else None
-    _check_out(out_p, resume, overwrite)
+    device = distributed.setup(device)  # under torchrun: join the group, this rank's device
+    main_rank = distributed.is_main()
+    distributed.on_main(lambda: _check_out(out_p, resume, overwrite))
     ckpt = out_p / CHECKPOINT if out_p is not None else None
     ck = None
     changed: dict = {}
@@ -315,7 +318,6 @@ def distill(
             f"resume=True but {ckpt if ckpt else 'no out folder'} has no checkpoint; starting afresh",
             stacklevel=2,
         )
-    device = torch.device(device)
     if data is None:
         from mtt_fast.data import prepare
 
@@ -340,21 +342,24 @@ def distill(
     run = Run(state, ctx, data, _data_info(data), out_p, ck is not None, changed)
     from mtt_fast.evaluation import evaluate
 
-    evaluator = PeriodicEval(evaluate) if cfg.num_eval > 0 else None
-    observers: list = [DivergenceGuard()]
-    if out_p is not None:
+    # every rank holds the same state; rank 0 alone evaluates and writes (under torchrun)
+    evaluator = PeriodicEval(evaluate) if cfg.num_eval > 0 and main_rank else None
+    observers: list = [DivergenceGuard()]  # on every rank: all stop together
+    writes = out_p is not None and main_rank
+    if writes:
         out_p.mkdir(parents=True, exist_ok=True)
         observers.append(MetricsLog(out_p))
-    if progress:
+    if progress and main_rank:
         observers.append(ProgressBar())
-    if out_p is not None:
+    if writes:
         observers.append(Checkpointer(out_p))
     run_loop(run, observers, evaluator)
-    if out_p is not None:
+    if writes:
         run.synthetic().save(out_p / SYNTHETIC)
         save_grid(state.images, data, out_p / GRID, cfg.ipc)
         if not ckpt.exists():  # iterations == 0
             Checkpointer(out_p).on_checkpoint(run)
+    distributed.barrier()  # every rank returns once the outputs are written
     return DistillResult(
         images=state.images.detach().cpu().clone(),
         labels=state.labels.cpu().clone(),

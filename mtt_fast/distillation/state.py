@@ -62,9 +62,11 @@ def init_synthetic(
 class DistillState:
     """Images, lr, their optimizers, generators and bookkeeping of one run.
 
-    Two CPU generators drive everything random: ``host`` (initial images, expert order,
-    start epochs) and ``match`` (mini-batches and DSA draws), so a resumed run is
-    bit-identical to an uninterrupted one.
+    One CPU generator, ``host``, draws the initial images, the expert order and the start
+    epochs; each trajectory's mini-batches and DSA draws come from a generator seeded by
+    (seed, iteration, trajectory) (:func:`mtt_fast.distillation.step.plan_seed`). A resumed
+    run is therefore bit-identical to an uninterrupted one. (Checkpoints of mtt-fast
+    0.1 also hold a ``match`` generator, which is ignored.)
     """
 
     images: torch.Tensor
@@ -93,10 +95,7 @@ class DistillState:
 
     @staticmethod
     def _generators(seed: int) -> dict[str, torch.Generator]:
-        return {
-            "host": torch.Generator().manual_seed(seed),
-            "match": torch.Generator().manual_seed(seed + 1),
-        }
+        return {"host": torch.Generator().manual_seed(seed)}
 
     @classmethod
     def fresh(cls, cfg: Config, data: Any, device: torch.device) -> DistillState:

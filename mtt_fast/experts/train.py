@@ -32,6 +32,58 @@ from mtt_fast.experts.store import META, TrajectoryStore
 __all__ = ["train_experts"]
 
 
+def _claim_some(store: TrajectoryStore, want: int, n: int) -> list | int | None:
+    """Up to ``n`` claims on experts still to train (see
+    :meth:`TrajectoryStore.next_to_train`): a list of claims, or what that returned."""
+    first = store.next_to_train(want)
+    if first is None or isinstance(first, int):
+        return first
+    claims = [first]
+    while len(claims) < n:
+        more = store.next_to_train(want)
+        if more is None or isinstance(more, int):
+            break
+        claims.append(more)
+    return claims
+
+
+def _train_one(nets, gens, claims, x, y, record, kw) -> list[torch.Tensor]:
+    """One expert, as buffer.py: :func:`mtt_fast.training.fit` with SGD."""
+    net, claim = nets[0], claims[0]
+    snaps = torch.empty(kw["epochs"] + 1, sum(p.numel() for p in net.parameters()), device=x.device)
+    snaps[0] = _flat_params(net)
+    t0 = time.perf_counter()
+
+    def after_epoch(st: training.EpochStats) -> None:
+        snaps[st.epoch] = _flat_params(net)
+        record(claim.index, st, net, t0)
+        claim.touch()
+
+    training.fit(
+        net, x, y, training.sgd(net, kw["momentum"], kw["weight_decay"]), kw["lr"],
+        kw["epochs"], kw["batch_size"], kw["dsa_strategy"], gens[0],
+        decay_after=kw["decay_after"], on_epoch=after_epoch,
+    )  # fmt: skip
+    return [snaps]
+
+
+def _train_together(nets, gens, claims, x, y, record, kw) -> list[torch.Tensor]:
+    """Several experts at once (:func:`mtt_fast.experts.vectorized.train_together`)."""
+    from mtt_fast.experts.vectorized import train_together
+    from mtt_fast.models.functional import load_flat
+
+    probe = nets[0]
+    t0 = time.perf_counter()
+
+    def after_epoch(epoch: int, flats: list[torch.Tensor], stats: list[training.EpochStats]) -> None:
+        for c, flat, st in zip(claims, flats, stats, strict=True):
+            load_flat(probe, flat)
+            record(c.index, st, probe, t0)
+            c.touch()
+
+    return train_together(nets, gens, x, y, on_epoch=after_epoch, **kw)
+
+
 def _flat_params(net: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in net.parameters()])
 
@@ -58,6 +110,7 @@ def train_experts(
     log: Callable[[dict], None] | None = None,
     model_kwargs: Mapping | None = None,
     poll: float = 2.0,
+    at_once: int = 1,
 ) -> TrajectoryStore:
     """Train ``num_experts`` experts on the real data and store their trajectories.
 
@@ -87,6 +140,9 @@ def train_experts(
         log: called with every per-epoch record (dict) besides the JSON log.
         model_kwargs: ConvNet-family overrides for ``get_model`` (e.g. ``{"width": 16}``);
             the resolved :func:`mtt_fast.models.model_spec` is stored.
+        at_once: experts trained together in this process, vectorised with ``torch.func``
+            (:mod:`mtt_fast.experts.vectorized`); each is the expert it would be alone, up to
+            floating-point reassociation. 1 (default): one at a time, as buffer.py.
         poll: seconds between looks at the store while other processes train its last
             experts (this call returns when the store holds ``num_experts``).
 
@@ -160,69 +216,54 @@ def train_experts(
 
         bar = tqdm(total=todo * epochs, desc=f"experts {start}->{num_experts}", unit="epoch")
     decay_after = training.decay_epoch(epochs) if lr_decay else None  # buffer.py's lr_schedule
+    fit_kw = dict(lr=lr, epochs=epochs, batch_size=batch_size, dsa_strategy=strategy,
+                  momentum=momentum, weight_decay=weight_decay, decay_after=decay_after)  # fmt: skip
     try:
         with open(out / "log.jsonl", "a", encoding="utf-8") as logf:
+
+            def record(i: int, st: training.EpochStats, net: torch.nn.Module, t0: float) -> None:
+                test_acc = training.evaluate_accuracy(net, test_x, test_y)
+                rec = {
+                    "expert": i,
+                    "epoch": st.epoch,
+                    "train_loss": st.loss,
+                    "train_acc": st.acc,
+                    "test_acc": test_acc,
+                    "lr": st.lr,
+                    "seconds": round(time.perf_counter() - t0, 3),
+                }
+                logf.write(json.dumps(rec) + "\n")
+                logf.flush()
+                if log is not None:
+                    log(rec)
+                if bar is not None:
+                    bar.set_postfix(expert=i, train=f"{st.acc:.3f}", test=f"{test_acc:.3f}", refresh=False)
+                    bar.update(1)
+
             while True:
-                job = store.next_to_train(num_experts)
-                if job is None:
+                claims = _claim_some(store, num_experts, max(1, int(at_once)))
+                if claims is None:
                     break
-                if isinstance(job, int):  # the rest is being trained by other processes
-                    if waiting != job and progress:
-                        print(f"waiting for {job} expert(s) other processes are training "
+                if isinstance(claims, int):  # the rest is being trained by other processes
+                    if waiting != claims and progress:
+                        print(f"waiting for {claims} expert(s) other processes are training "
                               f"into {out}", file=sys.stderr)  # fmt: skip
-                    waiting = job
+                    waiting = claims
                     time.sleep(poll)
                     continue
-                claim, i = job, job.index
-                torch.manual_seed(seed + i)
-                net = _models.from_spec(spec).to(device)
-                gen = torch.Generator(device=device).manual_seed(seed + i)
-                snaps = torch.empty(epochs + 1, lay.num_params, device=device)
-                snaps[0] = _flat_params(net)
-                t0 = time.perf_counter()
-
-                def after_epoch(
-                    st: training.EpochStats, i=i, net=net, snaps=snaps, t0=t0, claim=claim
-                ) -> None:
-                    test_acc = training.evaluate_accuracy(net, test_x, test_y)
-                    snaps[st.epoch] = _flat_params(net)
-                    rec = {
-                        "expert": i,
-                        "epoch": st.epoch,
-                        "train_loss": st.loss,
-                        "train_acc": st.acc,
-                        "test_acc": test_acc,
-                        "lr": st.lr,
-                        "seconds": round(time.perf_counter() - t0, 3),
-                    }
-                    logf.write(json.dumps(rec) + "\n")
-                    logf.flush()
-                    if log is not None:
-                        log(rec)
-                    claim.touch()
-                    if bar is not None:
-                        bar.set_postfix(
-                            expert=i, train=f"{st.acc:.3f}", test=f"{test_acc:.3f}", refresh=False
-                        )
-                        bar.update(1)
-
                 try:
-                    training.fit(
-                        net,
-                        train_x,
-                        train_y,
-                        training.sgd(net, momentum, weight_decay),
-                        lr,
-                        epochs,
-                        batch_size,
-                        strategy,
-                        gen,
-                        decay_after=decay_after,
-                        on_epoch=after_epoch,
-                    )
-                    store.add_expert(snaps.cpu(), index=i)
+                    nets, gens = [], []
+                    for c in claims:  # expert i: seed + i, whoever trains it, however grouped
+                        torch.manual_seed(seed + c.index)
+                        nets.append(_models.from_spec(spec).to(device))
+                        gens.append(torch.Generator(device=device).manual_seed(seed + c.index))
+                    train = _train_one if len(claims) == 1 else _train_together
+                    for c, snaps in zip(claims, train(nets, gens, claims, train_x, train_y, record, fit_kw),
+                                        strict=True):  # fmt: skip
+                        store.add_expert(snaps.cpu(), index=c.index)
                 finally:
-                    claim.release()
+                    for c in claims:
+                        c.release()
     finally:
         if bar is not None:
             bar.close()

@@ -12,10 +12,7 @@ epsilons. Integer remaps (flip, crop, cutout) must be bit-identical to the refer
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -374,13 +371,8 @@ def test_native_launchers_without_extension_raise_clearly(monkeypatch):
         dsa.flip(torch.randn(1, 1, 2, 2), torch.tensor([True]), backend="native")
 
 
-def test_triton_module_imports_without_triton(monkeypatch):
-    monkeypatch.setitem(sys.modules, "triton", None)
-    monkeypatch.setitem(sys.modules, "triton.language", None)
-    path = Path(mtt_fast.__file__).parent / "ops" / "dsa" / "triton.py"
-    spec = importlib.util.spec_from_file_location("_no_triton_dsa", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_triton_module_imports_without_triton(load_without_triton):
+    mod = load_without_triton("dsa")
     assert not mod.available()
     with pytest.raises(RuntimeError, match="triton"):
         mod.flip(torch.zeros(1, 1, 2, 2), torch.ones(1, dtype=torch.bool))

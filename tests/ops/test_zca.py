@@ -10,15 +10,10 @@ compute dtype, plus a few float32 ulps of the output's scale.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-import mtt_fast
 from mtt_fast import _ext, backends
 from mtt_fast.ops import zca
 from mtt_fast.ops.zca import reference as ref
@@ -289,13 +284,8 @@ def test_native_launcher_without_extension_raises_clearly(monkeypatch, zca_state
         native.zca_apply(torch.rand(2, 1, 2, 2), mean, w, 1.0)
 
 
-def test_triton_module_imports_without_triton(monkeypatch, zca_state):
-    monkeypatch.setitem(sys.modules, "triton", None)
-    monkeypatch.setitem(sys.modules, "triton.language", None)
-    path = Path(mtt_fast.__file__).parent / "ops" / "zca" / "triton.py"
-    spec = importlib.util.spec_from_file_location("_no_triton_zca", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_triton_module_imports_without_triton(load_without_triton, zca_state):
+    mod = load_without_triton("zca")
     assert not mod.available()
     mean, w, _ = zca_state((1, 2, 2))
     with pytest.raises(RuntimeError, match="triton"):

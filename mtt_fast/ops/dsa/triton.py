@@ -25,20 +25,9 @@ import contextlib
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-
-    _jit = triton.jit
-    _IMPORT_ERROR: Exception | None = None
-except ImportError as _exc:  # pragma: no cover - exercised only without triton
-    triton = None  # type: ignore[assignment]
-    tl = None  # type: ignore[assignment]
-    _IMPORT_ERROR = _exc
-
-    def _jit(fn):  # kernels stay plain (never launched) functions
-        return fn
-
+from mtt_fast.ops._triton import IMPORT_ERROR as _IMPORT_ERROR
+from mtt_fast.ops._triton import jit as _jit
+from mtt_fast.ops._triton import tl, triton  # noqa: F401
 
 __all__ = [
     "affine",
