@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -133,3 +134,23 @@ def test_a_refusal_on_rank_0_stops_every_rank_with_its_message(store, tmp_path):
     r = subprocess.run(_cli(args, nproc=2), env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode != 0  # no hang: the other rank got rank 0's refusal
     assert r.stderr.count("already holds a distillation") == 2, r.stderr[-2000:]
+
+
+def test_run_under_torchrun_trains_distills_and_reports_once(tmp_path):
+    tiny = ["--iterations", "4", "--syn-steps", "3", "--expert-epochs", "1", "--max-start-epoch",
+            "2", "--num-eval", "1", "--eval-epochs", "5", "--eval-it", "2", "--width", "8",
+            "--num-experts", "2", "--expert-epochs-train", "2", "--trajectories", "2",
+            "--baselines", "random", "--no-progress"]  # fmt: skip
+    out1, out2 = tmp_path / "one", tmp_path / "two"
+    _ok(_cli(["run", "--out", str(out1), *tiny]))
+    r = subprocess.run(_cli(["run", "--out", str(out2), *tiny], nproc=2), env=_env(),
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("[2/3] distilling") == 1  # rank 0 speaks for all
+    rep = json.loads((out2 / "report.json").read_text())
+    assert set(rep["accuracy"]) == {"mtt", "random"}
+    for i in range(2):
+        np.testing.assert_array_equal(TrajectoryStore.open(out1 / "buffers").expert(i),
+                                      TrajectoryStore.open(out2 / "buffers").expert(i))  # fmt: skip
+    (a, _), (b, _) = _images(out1), _images(out2)
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-6 * float(a.abs().max()))
