@@ -132,6 +132,7 @@ def stage(name: str, args, target: Path, check, ref: Path, kills: int, ref_s: fl
     counts = {"kills": 0, "kills_during_write": 0, "finished_resumes": 0, "fresh_starts": 0,
               "failures": []}  # fmt: skip
     runs = 0
+    killed_done = False
     while counts["kills"] < kills or runs:
         if runs == 0:
             shutil.rmtree(folder, ignore_errors=True)
@@ -156,9 +157,11 @@ def stage(name: str, args, target: Path, check, ref: Path, kills: int, ref_s: fl
                 check(target, None)
             except Exception as e:  # noqa: BLE001 - every failure is reported
                 counts["failures"].append(f"after kill {counts['kills']}: {e}")
-            continue
-        err = proc.stderr.read()
-        if proc.returncode != 0:
+            if not done_when(target):
+                continue
+            killed_done = True  # the kill came after the result was published: check it
+        err = "" if killed_done else proc.stderr.read()
+        if not killed_done and proc.returncode != 0:
             counts["failures"].append(f"run {runs} exited {proc.returncode}: {err[-300:]}")
             break  # a failing command would fail again
         if not done_when(target):
@@ -167,6 +170,12 @@ def stage(name: str, args, target: Path, check, ref: Path, kills: int, ref_s: fl
             counts["finished_resumes"] += 1
         try:
             check(target, ref)
+            if killed_done:  # what the next open of the folder does with a killed writer's files
+                from mtt_fast.utils import remove_dead_temps
+
+                for d in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
+                    remove_dead_temps(d)
+                killed_done = False
             left = _temps(folder)
             assert not left, f"temporary files left: {left}"
         except Exception as e:  # noqa: BLE001
@@ -182,6 +191,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     ap.add_argument("--json", type=Path, default=None, help="also write the counts here")
+    ap.add_argument("--stages", default="buffer,distill,eval", help="comma-separated subset")
     a = ap.parse_args()
     work = a.work or Path(tempfile.mkdtemp(prefix="mtt-kills-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -198,19 +208,21 @@ def main() -> int:
 
     victim_store, victim_run = work / "store", work / "run"
     victim_report = work / "eval" / "report.json"
-    results = {
-        "buffer": stage("buffer", lambda n: [*BUFFER, "--out", str(victim_store)], victim_store,
-                        _check_buffer, ref_store, a.kills, t_buffer, rng,
-                        lambda p: (p / "expert_00002.npy").exists()),
-        "distill": stage("distill", lambda n: [*DISTILL, "--store", str(ref_store), "--out",
-                                               str(victim_run), *(["--resume"] if n else [])],
-                         victim_run, _check_distill, ref_run, a.kills, t_distill, rng,
-                         lambda p: (p / "synthetic.pt").exists()),
-        "eval": stage("eval", lambda n: [*EVAL, str(ref_run / "synthetic.pt"), "--out",
-                                         str(victim_report)],
-                      victim_report, _check_eval, ref_report, a.kills, t_eval, rng,
-                      lambda p: p.exists()),
+    stages = {
+        "buffer": lambda: stage("buffer", lambda n: [*BUFFER, "--out", str(victim_store)],
+                                victim_store, _check_buffer, ref_store, a.kills, t_buffer, rng,
+                                lambda p: (p / "expert_00002.npy").exists()),
+        "distill": lambda: stage("distill", lambda n: [*DISTILL, "--store", str(ref_store),
+                                                       "--out", str(victim_run),
+                                                       *(["--resume"] if n else [])],
+                                 victim_run, _check_distill, ref_run, a.kills, t_distill, rng,
+                                 lambda p: (p / "synthetic.pt").exists()),
+        "eval": lambda: stage("eval", lambda n: [*EVAL, str(ref_run / "synthetic.pt"), "--out",
+                                                 str(victim_report)],
+                              victim_report, _check_eval, ref_report, a.kills, t_eval, rng,
+                              lambda p: p.exists()),
     }  # fmt: skip
+    results = {k: stages[k]() for k in a.stages.split(",")}
     summary = {
         "kills_per_stage": a.kills,
         "reference_seconds": {"buffer": t_buffer, "distill": t_distill, "eval": t_eval},

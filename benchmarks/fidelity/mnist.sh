@@ -7,7 +7,7 @@
 # its checkpoint). Then merges the cell into benchmarks/results/fidelity-mnist.{json,md}.
 # Usage: bash benchmarks/fidelity/mnist.sh IPC [ITERATIONS]   (e.g. 1 500)
 # Env: DATA (default ../shared/data), OUT (default runs/fidelity), THREADS (default 2),
-# LR_IMG (default 100).
+# LR_IMG (default 100), EVAL_IT (default 100).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 IPC=${1:?usage: mnist.sh IPC [ITERATIONS]}
@@ -18,6 +18,6 @@ mtt-fast --threads "${THREADS:-2}" reproduce --dataset mnist --data-path "${DATA
   --num-experts 5 --expert-epochs-train 4 \
   --max-start-epoch 2 --expert-epochs 2 --syn-steps 20 --iterations "$ITERATIONS" \
   --lr-img "${LR_IMG:-100}" --lr-lr 1e-5 --lr-teacher 0.01 \
-  --eval-it 100 --checkpoint-it 10 --num-eval 5 --eval-epochs 1000 --no-progress
+  --eval-it "${EVAL_IT:-100}" --checkpoint-it 10 --num-eval 5 --eval-epochs 1000 --no-progress
 python benchmarks/fidelity/table.py "$OUT" --cell "mnist/ipc$IPC" \
-  --command "${LR_IMG:+LR_IMG=$LR_IMG }bash benchmarks/fidelity/mnist.sh $IPC $ITERATIONS"
+  --command "${LR_IMG:+LR_IMG=$LR_IMG }${EVAL_IT:+EVAL_IT=$EVAL_IT }bash benchmarks/fidelity/mnist.sh $IPC $ITERATIONS"
