@@ -7,7 +7,8 @@ Workload: the CIFAR-10 slice (``../shared/data/cifar10-subset``, skipped without
 paper's width (ConvNet width 128, depth 3, DSA), so a process's start-up (a few seconds)
 is small next to its work:
 
-* experts: 4 experts x 2 epochs (4,000 images), experts per hour of the whole command;
+* experts: 4 experts x 2 epochs (4,000 images), experts per hour of the whole command
+  (both sides under torchrun, so both pay its start-up);
 * distillation: ``--trajectories 2``, IPC 1, 20 student steps, 12 iterations; trajectories
   per second from the loop's own ``sec_per_it`` (start-up and the first 2 iterations left
   out);
@@ -45,9 +46,11 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
-def _cli(args: list[str], nproc: int = 1) -> list[str]:
+def _cli(args: list[str], nproc: int | None = None) -> list[str]:
+    """The command; under torchrun with ``nproc`` processes (1 included, so that both sides of
+    a comparison pay torchrun's start-up), or plain without ``nproc``."""
     cli = [sys.executable, "-m", "mtt_fast.cli", "--threads", "1", *args, "--no-progress"]
-    if nproc == 1:
+    if nproc is None:
         return cli
     return [sys.executable, "-m", "torch.distributed.run", "--standalone",
             "--nproc-per-node", str(nproc), "--no-python", *cli]  # fmt: skip

@@ -153,7 +153,6 @@ def run(
         setting), ``protocol`` (with the lr of each row), timings, config and versions.
     """
     from mtt_fast.distillation import GRID, distill
-    from mtt_fast.evaluation import evaluate, evaluate_baselines
     from mtt_fast.experts import TrajectoryStore
     from mtt_fast.utils import atomic_write_json
 
@@ -209,11 +208,36 @@ def run(
         return {}
     cfg = res.config
     models = cfg.models_to_eval
-
+    num_eval = max(1, cfg.num_eval)
     say(f"[3/3] evaluating mtt vs {', '.join(baselines) or 'nothing'} on {', '.join(models)}")
     t = time.perf_counter()
+    results = _evaluate_all(res, data, models, num_eval, baselines, baseline_lr, device, progress)
+    timings["eval_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
+
+    report = build_report(cfg, models, results, res, store, num_eval, baseline_lr, baselines)
+    report.update(
+        timings={k: round(v, 3) for k, v in timings.items()},
+        grid=str(out / GRID),
+        synthetic=str(out / "synthetic.pt"),
+        device=str(device),
+        threads=torch.get_num_threads(),
+    )
+    atomic_write_json(report, out / REPORT)
+    for line in format_report(report).splitlines():
+        say(line)
+    say(f"wrote {out / REPORT} in {timings['total_s']:.1f} s")
+    return report
+
+
+def _evaluate_all(res, data, models, num_eval, baselines, baseline_lr, device, progress) -> dict:
+    """The distilled set and the real-subset baselines, each on ``num_eval`` fresh models of
+    every evaluated architecture (the distilled set at its learned lr, baselines at
+    ``baseline_lr``): ``{source: {model: {"mean", "std", "runs", ...}}}``."""
+    from mtt_fast.evaluation import evaluate, evaluate_baselines
+
+    cfg = res.config
     mk = {m: (dict(cfg.model_kwargs) if m == cfg.model else {}) for m in models}
-    num_eval = max(1, cfg.num_eval)
     common = dict(
         dsa_strategy=cfg.dsa, seed=cfg.seed, device=device, progress=progress, model_kwargs=mk
     )
@@ -235,22 +259,7 @@ def run(
                 **common,
             )
         )
-    timings["eval_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - t0
-
-    report = build_report(cfg, models, results, res, store, num_eval, baseline_lr, baselines)
-    report.update(
-        timings={k: round(v, 3) for k, v in timings.items()},
-        grid=str(out / GRID),
-        synthetic=str(out / "synthetic.pt"),
-        device=str(device),
-        threads=torch.get_num_threads(),
-    )
-    atomic_write_json(report, out / REPORT)
-    for line in format_report(report).splitlines():
-        say(line)
-    say(f"wrote {out / REPORT} in {timings['total_s']:.1f} s")
-    return report
+    return results
 
 
 def build_report(cfg, models, results, res, store, num_eval, baseline_lr, baselines) -> dict:

@@ -292,15 +292,7 @@ def distill(
     given = {k: v for k, v in {**overrides, **named}.items() if v is not None}
     if explicit is None:
         explicit = set(given)
-    if dataset is None:
-        dataset = preset.dataset if isinstance(preset, Config) else (st.meta.get("dataset") or "digits")
-    if isinstance(preset, Config):
-        cfg = preset.replace(dataset=dataset, ipc=ipc if ipc is not None else preset.ipc, **given)
-    elif preset:
-        cfg = _preset(dataset, ipc, **given)
-    else:
-        cfg = Config(dataset=dataset, ipc=ipc).replace(**given)
-    cfg = reconcile_store(cfg, st.meta, explicit, str(st.path))
+    cfg = reconcile_store(_config(dataset, ipc, preset, given, st), st.meta, explicit, str(st.path))
     out_p = Path(out) if out is not None else None
     device = distributed.setup(device)  # under torchrun: join the group, this rank's device
     main_rank = distributed.is_main()
@@ -344,16 +336,8 @@ def distill(
 
     # every rank holds the same state; rank 0 alone evaluates and writes (under torchrun)
     evaluator = PeriodicEval(evaluate) if cfg.num_eval > 0 and main_rank else None
-    observers: list = [DivergenceGuard()]  # on every rank: all stop together
     writes = out_p is not None and main_rank
-    if writes:
-        out_p.mkdir(parents=True, exist_ok=True)
-        observers.append(MetricsLog(out_p))
-    if progress and main_rank:
-        observers.append(ProgressBar())
-    if writes:
-        observers.append(Checkpointer(out_p))
-    run_loop(run, observers, evaluator)
+    run_loop(run, _observers(out_p if writes else None, progress and main_rank), evaluator)
     if writes:
         run.synthetic().save(out_p / SYNTHETIC)
         save_grid(state.images, data, out_p / GRID, cfg.ipc)
@@ -371,3 +355,31 @@ def distill(
         iteration=state.iteration,
         seconds=time.perf_counter() - t_start,
     )
+
+
+def _config(dataset: str | None, ipc: int, preset: bool | Config, given: dict, st) -> Config:
+    """The run's configuration before the store is consulted: the preset for (dataset, ipc)
+    (or the given :class:`Config`, or the defaults without a preset) with ``given`` on top.
+    The dataset defaults to the store's."""
+    if dataset is None:
+        dataset = preset.dataset if isinstance(preset, Config) else (st.meta.get("dataset") or "digits")
+    if isinstance(preset, Config):
+        return preset.replace(dataset=dataset, ipc=ipc if ipc is not None else preset.ipc, **given)
+    if preset:
+        return _preset(dataset, ipc, **given)
+    return Config(dataset=dataset, ipc=ipc).replace(**given)
+
+
+def _observers(out: Path | None, progress: bool) -> list:
+    """The loop's observers: the divergence guard (on every rank: all stop together), then,
+    where this process writes (``out``), the metrics log, the bar and the checkpoints."""
+    observers: list = [DivergenceGuard()]
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        observers.append(MetricsLog(out))
+    if progress:
+        observers.append(ProgressBar())
+    if out is not None:
+        observers.append(Checkpointer(out))
+    return observers
+

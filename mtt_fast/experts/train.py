@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from mtt_fast import training
+from mtt_fast import models, training
 from mtt_fast.augment import DEFAULT_STRATEGY, parse_strategy
 from mtt_fast.experts.meta import ExpertTraining, Preprocessing, StoreMeta
 from mtt_fast.experts.store import META, TrajectoryStore
@@ -153,7 +153,6 @@ def train_experts(
         ValueError: ``out`` holds a store made with different settings (names both).
     """
     from mtt_fast import data as _data
-    from mtt_fast import models as _models
 
     if num_experts < 0 or epochs < 1:
         raise ValueError(f"need num_experts >= 0 and epochs >= 1, got {num_experts}, {epochs}")
@@ -165,107 +164,120 @@ def train_experts(
     else:
         dataset = getattr(data, "name", dataset)
         zca = bool(getattr(data, "zca_flag", zca))
-    train_x = data.train_images.to(device)
-    train_y = data.train_labels.to(device)
-    test_x = data.test_images.to(device)
-    test_y = data.test_labels.to(device)
-    spec = _models.model_spec(
+    strategy = dsa_strategy if dsa and parse_strategy(dsa_strategy) else None
+    training_meta = ExpertTraining(
+        lr=float(lr),
+        momentum=float(momentum),
+        weight_decay=float(weight_decay),
+        batch_size=int(batch_size),
+        dsa_strategy=strategy or "none",
+        lr_decay=bool(lr_decay),
+        seed=int(seed),
+    )
+    meta = _store_meta(data, dataset, model, model_kwargs, int(epochs), bool(zca), training_meta)
+    out = Path(out)
+    store = _open_or_create(out, meta)
+    fit_kw = dict(lr=lr, epochs=epochs, batch_size=batch_size, dsa_strategy=strategy,
+                  momentum=momentum, weight_decay=weight_decay,
+                  decay_after=training.decay_epoch(epochs) if lr_decay else None)  # fmt: skip
+    todo = max(num_experts - store.num_experts, 0)
+    with _EpochLog(out / "log.jsonl", data, device, log,
+                   f"experts {store.num_experts}->{num_experts}" if progress and todo else None,
+                   todo * epochs) as record:  # fmt: skip
+        x, y = data.train_images.to(device), data.train_labels.to(device)
+        waiting = None
+        while (claims := _claim_some(store, num_experts, max(1, int(at_once)))) is not None:
+            if isinstance(claims, int):  # the rest is being trained by other processes
+                if waiting != claims and progress:
+                    print(f"waiting for {claims} expert(s) other processes are training into "
+                          f"{out}", file=sys.stderr)  # fmt: skip
+                waiting = claims
+                time.sleep(poll)
+                continue
+            try:
+                nets, gens = [], []
+                for c in claims:  # expert i: seed + i, whoever trains it, however grouped
+                    torch.manual_seed(seed + c.index)
+                    nets.append(models.from_spec(meta.model).to(device))
+                    gens.append(torch.Generator(device=device).manual_seed(seed + c.index))
+                train = _train_one if len(claims) == 1 else _train_together
+                for c, snaps in zip(claims, train(nets, gens, claims, x, y, record, fit_kw),
+                                    strict=True):  # fmt: skip
+                    store.add_expert(snaps.cpu(), index=c.index)
+            finally:
+                for c in claims:
+                    c.release()
+    store.refresh()
+    return store
+
+
+def _store_meta(data, dataset: str, model: str, model_kwargs: Mapping | None, epochs: int,
+                zca: bool, training_meta: ExpertTraining) -> StoreMeta:  # fmt: skip
+    """What a store of these experts records: model spec and layout, data, preprocessing."""
+    spec = models.model_spec(
         model, data.channels, data.num_classes, data.im_size, **dict(model_kwargs or {})
     )
-    lay = _models.layout(_models.from_spec(spec))
-    strategy = dsa_strategy if dsa and parse_strategy(dsa_strategy) else None
-    zca_eps = getattr(getattr(data, "zca", None), "eps", None)
     mean, std = getattr(data, "mean", None), getattr(data, "std", None)
-    meta = StoreMeta(
-        epochs=int(epochs),
-        layout=lay,
+    return StoreMeta(
+        epochs=epochs,
+        layout=models.layout(models.from_spec(spec)),
         model=spec,
         dataset=dataset,
         classes=list(data.classes),
         preprocessing=Preprocessing(
-            zca=bool(zca),
-            zca_eps=zca_eps if zca else None,
+            zca=zca,
+            zca_eps=getattr(getattr(data, "zca", None), "eps", None) if zca else None,
             mean=None if zca or not mean else tuple(mean),
             std=None if zca or not std else tuple(std),
         ),
-        training=ExpertTraining(
-            lr=float(lr),
-            momentum=float(momentum),
-            weight_decay=float(weight_decay),
-            batch_size=int(batch_size),
-            dsa_strategy=strategy or "none",
-            lr_decay=bool(lr_decay),
-            seed=int(seed),
-        ),
+        training=training_meta,
     )
-    out = Path(out)
-    store = None
+
+
+def _open_or_create(out: Path, meta: StoreMeta) -> TrajectoryStore:
+    """The store at ``out``: made with ``meta``, or opened (and checked against it) when it
+    exists, also when another process made it meanwhile."""
     if not (out / META).exists():
         try:
-            store = TrajectoryStore.create(out, meta)
-        except FileExistsError:  # another process made it meanwhile: resume it
-            store = None
-    if store is None:
-        store = TrajectoryStore.open(out, expect=meta)
-    start = store.num_experts
-    todo = max(num_experts - start, 0)
-    waiting = None
-    bar = None
-    if progress and todo:
-        from tqdm.auto import tqdm
+            return TrajectoryStore.create(out, meta)
+        except FileExistsError:
+            pass
+    return TrajectoryStore.open(out, expect=meta)
 
-        bar = tqdm(total=todo * epochs, desc=f"experts {start}->{num_experts}", unit="epoch")
-    decay_after = training.decay_epoch(epochs) if lr_decay else None  # buffer.py's lr_schedule
-    fit_kw = dict(lr=lr, epochs=epochs, batch_size=batch_size, dsa_strategy=strategy,
-                  momentum=momentum, weight_decay=weight_decay, decay_after=decay_after)  # fmt: skip
-    try:
-        with open(out / "log.jsonl", "a", encoding="utf-8") as logf:
 
-            def record(i: int, st: training.EpochStats, net: torch.nn.Module, t0: float) -> None:
-                test_acc = training.evaluate_accuracy(net, test_x, test_y)
-                rec = {
-                    "expert": i,
-                    "epoch": st.epoch,
-                    "train_loss": st.loss,
-                    "train_acc": st.acc,
-                    "test_acc": test_acc,
-                    "lr": st.lr,
-                    "seconds": round(time.perf_counter() - t0, 3),
-                }
-                logf.write(json.dumps(rec) + "\n")
-                logf.flush()
-                if log is not None:
-                    log(rec)
-                if bar is not None:
-                    bar.set_postfix(expert=i, train=f"{st.acc:.3f}", test=f"{test_acc:.3f}", refresh=False)
-                    bar.update(1)
+class _EpochLog:
+    """One record per finished expert epoch: ``log.jsonl`` line, the caller's ``log``, the bar.
 
-            while True:
-                claims = _claim_some(store, num_experts, max(1, int(at_once)))
-                if claims is None:
-                    break
-                if isinstance(claims, int):  # the rest is being trained by other processes
-                    if waiting != claims and progress:
-                        print(f"waiting for {claims} expert(s) other processes are training "
-                              f"into {out}", file=sys.stderr)  # fmt: skip
-                    waiting = claims
-                    time.sleep(poll)
-                    continue
-                try:
-                    nets, gens = [], []
-                    for c in claims:  # expert i: seed + i, whoever trains it, however grouped
-                        torch.manual_seed(seed + c.index)
-                        nets.append(_models.from_spec(spec).to(device))
-                        gens.append(torch.Generator(device=device).manual_seed(seed + c.index))
-                    train = _train_one if len(claims) == 1 else _train_together
-                    for c, snaps in zip(claims, train(nets, gens, claims, train_x, train_y, record, fit_kw),
-                                        strict=True):  # fmt: skip
-                        store.add_expert(snaps.cpu(), index=c.index)
-                finally:
-                    for c in claims:
-                        c.release()
-    finally:
-        if bar is not None:
-            bar.close()
-    store.refresh()
-    return store
+    A context manager: opens the JSON log (appending) and the progress bar, closes both."""
+
+    def __init__(self, path: Path, data, device, log, bar_desc: str | None, bar_total: int):
+        self.path, self.log, self.bar_desc, self.bar_total = path, log, bar_desc, bar_total
+        self.test_x, self.test_y = data.test_images.to(device), data.test_labels.to(device)
+        self.file = self.bar = None
+
+    def __enter__(self) -> _EpochLog:
+        self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in __exit__
+        if self.bar_desc:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.bar_total, desc=self.bar_desc, unit="epoch")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.file.close()
+
+    def __call__(self, i: int, st: training.EpochStats, net: torch.nn.Module, t0: float) -> None:
+        test_acc = training.evaluate_accuracy(net, self.test_x, self.test_y)
+        rec = {"expert": i, "epoch": st.epoch, "train_loss": st.loss, "train_acc": st.acc,
+               "test_acc": test_acc, "lr": st.lr, "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+        self.file.write(json.dumps(rec) + "\n")
+        self.file.flush()
+        if self.log is not None:
+            self.log(rec)
+        if self.bar is not None:
+            self.bar.set_postfix(
+                expert=i, train=f"{st.acc:.3f}", test=f"{test_acc:.3f}", refresh=False
+            )
+            self.bar.update(1)
