@@ -100,7 +100,7 @@ class ExpertSettings:
         buffer_lr_decay: lr x0.1 after epoch ``buffer_epochs // 2 + 1`` (buffer.py ``--decay``).
         experts_at_once: experts one process trains together, vectorised with ``torch.func``
             (each the same expert up to floating-point reassociation). Meant for a GPU: on a CPU
-            core it is slower than one at a time (0.28x measured; use processes there).
+            core it is slower than one at a time (0.28-0.45x measured; use processes there).
     """
 
     num_experts: int = _f(100, "experts in the store")

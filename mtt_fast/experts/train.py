@@ -180,6 +180,7 @@ def train_experts(
     fit_kw = dict(lr=lr, epochs=epochs, batch_size=batch_size, dsa_strategy=strategy,
                   momentum=momentum, weight_decay=weight_decay,
                   decay_after=training.decay_epoch(epochs) if lr_decay else None)  # fmt: skip
+    # (decay_after: buffer.py's lr_schedule)
     todo = max(num_experts - store.num_experts, 0)
     with _EpochLog(out / "log.jsonl", data, device, log,
                    f"experts {store.num_experts}->{num_experts}" if progress and todo else None,
