@@ -203,6 +203,32 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, store, digits
     assert any(r.get("event") == "diverged" for r in read_jsonl(tmp_path / "metrics.jsonl"))
 
 
+@pytest.mark.parametrize("what", ["images", "loss"])
+def test_an_explosion_stops_and_keeps_the_last_sane_checkpoint(tmp_path, store, digits, monkeypatch, what):
+    # finite but absurd (issue 10, item 5: a "good" checkpoint with images of 1e32): stop at
+    # the first log point past 100x the start, before that state is checkpointed
+    real = matching.match
+    calls = {"n": 0}
+
+    def blow_up(*a, **k):
+        calls["n"] += 1
+        res = real(*a, **k)
+        if calls["n"] >= 5:
+            if what == "images":
+                res.grad_images = torch.full_like(res.grad_images, 1e6)
+            else:
+                res.loss = res.loss * 1e4
+        return res
+
+    monkeypatch.setattr(matching, "match", blow_up)
+    with pytest.raises(DistillDiverged, match=f"{what} exploded") as ei:
+        distill(store=store, data=digits, out=tmp_path, checkpoint_it=2, **_kw(iterations=10))
+    assert ei.value.iteration == 5 and ei.value.checkpoint == tmp_path / CHECKPOINT
+    ck = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert ck["iteration"] == 4 and float(ck["images"].abs().amax()) < 100
+    assert any(r.get("event") == "diverged" for r in read_jsonl(tmp_path / "metrics.jsonl"))
+
+
 def test_negative_lr_stops(tmp_path, store, digits, monkeypatch):
     real = matching.match
 
