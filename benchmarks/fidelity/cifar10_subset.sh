@@ -14,9 +14,10 @@ IPC=${1:?usage: cifar10_subset.sh IPC [ITERATIONS]}
 ITERATIONS=${2:-200}
 OUT=${OUT:-runs/fidelity}
 mtt-fast --threads "${THREADS:-2}" reproduce --dataset cifar10-subset --data-path "${DATA:-../shared/data}" \
+  --device "${DEVICE:-cpu}" \
   --ipc "$IPC" --out "$OUT" --width 128 --depth 3 \
   --num-experts 5 --expert-epochs-train 22 \
   --iterations "$ITERATIONS" \
   --eval-it 100 --checkpoint-it 10 --num-eval 5 --eval-epochs 1000 --no-progress
 python benchmarks/fidelity/table.py "$OUT" --cell "cifar10-subset/ipc$IPC" \
-  --command "bash benchmarks/fidelity/cifar10_subset.sh $IPC $ITERATIONS"
+  --command "${DEVICE:+DEVICE=$DEVICE }bash benchmarks/fidelity/cifar10_subset.sh $IPC $ITERATIONS"
