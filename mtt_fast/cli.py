@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
     if os.environ.get("MTT_FAST_KEEP_FREED", "1") != "0":
         # freed activations are reused instead of page-faulted in again: expert training at
-        # width 128 on one CPU core 1.2-1.5x faster (README "Performance"); peak unchanged
+        # width 128 on one CPU core 1.67x faster (README "Performance"); peak unchanged
         from mtt_fast.utils import keep_freed_memory
 
         keep_freed_memory()
