@@ -64,16 +64,11 @@ def _timed(cmd: list[str]) -> float:
 
 
 def _record(name: str, value: dict) -> None:
-    from mtt_fast.pipeline import versions
+    from _results import write_sections
 
-    if not RESULTS and RESULT.exists():  # a run of some of the tests keeps the others' records
-        old = json.loads(RESULT.read_text())
-        if old.get("versions", {}).get("cpu") == versions().get("cpu"):
-            RESULTS.update({k: v for k, v in old.items() if isinstance(v, dict) and k != "versions"})
     RESULTS[name] = value
-    RESULT.write_text(json.dumps({"versions": versions(), "command": "pytest "
-                                  "benchmarks/test_bench_scaling.py --benchmark-only -s",
-                                  "threads_per_process": 1, **RESULTS}, indent=1))  # fmt: skip
+    write_sections(RESULT, {"command": "pytest benchmarks/test_bench_scaling.py --benchmark-only -s",
+                            "threads_per_process": 1}, RESULTS)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,6 @@ import pytest
 import torch
 
 from mtt_fast import matching, models, training
-from mtt_fast.pipeline import versions
 
 THREADS = int(os.environ.get("MTT_FAST_BENCH_THREADS", "1"))
 ROUNDS = int(os.environ.get("MTT_FAST_BENCH_ROUNDS", "3"))
@@ -128,16 +127,11 @@ def test_width128_original_vs_ours(benchmark, workload):
 
 
 def _save() -> None:
-    if RESULT.exists():  # a run of one test keeps the other's records (same CPU only)
-        old = json.loads(RESULT.read_text())
-        if old.get("versions", {}).get("cpu") == versions().get("cpu"):
-            for k in ("expert", "matching", "keep_freed_memory"):
-                if k in old and k not in _OUT:
-                    _OUT[k] = old[k]
-    RESULT.write_text(json.dumps({
-        "command": "pytest benchmarks/test_bench_width128.py --benchmark-only -s",
-        "threads": THREADS, "rounds": ROUNDS, "load_avg_start": os.getloadavg(),
-        "versions": versions(), **_OUT}, indent=1))  # fmt: skip
+    from _results import write_sections
+
+    write_sections(RESULT, {"command": "pytest benchmarks/test_bench_width128.py --benchmark-only -s",
+                            "threads": THREADS, "rounds": ROUNDS,
+                            "load_avg_start": os.getloadavg()}, _OUT)  # fmt: skip
 
 
 def test_width128_keep_freed_memory(benchmark):

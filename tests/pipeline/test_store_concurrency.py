@@ -53,7 +53,8 @@ def test_two_concurrent_buffer_runs_make_exactly_the_asked_distinct_experts(tmp_
     # The solo run is a fresh process too: bitwise equality holds between processes started
     # alike, not with this one, whose earlier tests may have changed torch's CPU kernel choice.
     solo_cmd = [*cmd[:-1], str(tmp_path / "solo")]
-    subprocess.run(solo_cmd, env=_env(), check=True, stderr=subprocess.PIPE, timeout=300)
+    solo_run = subprocess.run(solo_cmd, env=_env(), stderr=subprocess.PIPE, text=True, timeout=300)
+    assert solo_run.returncode == 0, solo_run.stderr
     solo = _experts(TrajectoryStore.open(tmp_path / "solo"))
     for a, b in zip(got, solo, strict=True):
         np.testing.assert_array_equal(a, b)
