@@ -69,12 +69,17 @@ def _temps(folder: Path) -> list[str]:
 
 # ----------------------------------------------------------------------------- checks
 def _check_buffer(folder: Path, ref: Path | None) -> None:
+    import torch
+
     from mtt_fast.experts import TrajectoryStore
 
     if not (folder / "meta.json").exists():
         return
     store = TrajectoryStore.open(folder)  # verifies every expert
+    for part in folder.glob("expert_*.partial.pt"):  # an unfinished expert's saved state
+        torch.load(part, weights_only=True)
     if ref is not None:
+        assert not list(folder.glob("*.partial.pt")), "a finished store kept a partial expert"
         want = TrajectoryStore.open(ref)
         assert store.num_experts == want.num_experts, (store.num_experts, want.num_experts)
         for i in range(store.num_experts):

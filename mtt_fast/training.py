@@ -216,6 +216,9 @@ def fit(
     generator: torch.Generator | None = None,
     decay_after: int | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    start: int = 0,
+    optimizer_state: dict | None = None,
+    on_state: Callable[[EpochStats, torch.optim.Optimizer], None] | None = None,
 ) -> EpochStats:
     """The training loop: ``passes`` calls of :func:`train_epoch` with an optional lr decay.
 
@@ -236,6 +239,14 @@ def fit(
         decay_after: 0-based pass after which the lr decays; ``None``: no decay.
         on_epoch: called after every pass (before the decay) with its :class:`EpochStats`;
             an exception it raises stops the loop.
+        start: passes already done (a resumed loop): the loop runs passes ``start ..
+            passes - 1`` at the lr those passes have (decayed if ``start > decay_after``).
+            ``net``'s parameters and ``generator``'s state must be those after pass
+            ``start``; the result is then the uninterrupted loop's, bit for bit.
+        optimizer_state: the ``state_dict()`` of the optimizer after pass ``start`` (as
+            ``on_state`` gave it), loaded into the rebuilt optimizer.
+        on_state: called after every pass, after the decay, with the pass's
+            :class:`EpochStats` and the optimizer the next pass uses: what a resume needs.
 
     Returns:
         The :class:`EpochStats` of the last pass.
@@ -245,9 +256,16 @@ def fit(
         raise ValueError(f"lr must be a finite positive number, got {lr!r}")
     if int(passes) < 1:
         raise ValueError(f"passes must be >= 1, got {passes!r}")
+    start = int(start)
+    if not 0 <= start <= int(passes):
+        raise ValueError(f"start must be in [0, passes={passes}], got {start}")
+    if decay_after is not None and start > decay_after:
+        lr *= 0.1
     opt = make_optimizer(lr)
-    stats = EpochStats(0, 0.0, 0.0, lr)
-    for ep in range(int(passes)):
+    if optimizer_state is not None:
+        opt.load_state_dict(optimizer_state)
+    stats = EpochStats(start, 0.0, 0.0, lr)
+    for ep in range(start, int(passes)):
         loss, acc = train_epoch(net, images, labels, opt, batch_size, dsa_strategy, generator)
         stats = EpochStats(ep + 1, loss, acc, lr)
         if on_epoch is not None:
@@ -255,6 +273,8 @@ def fit(
         if decay_after is not None and ep == decay_after:
             lr *= 0.1
             opt = make_optimizer(lr)
+        if on_state is not None:
+            on_state(stats, opt)
     return stats
 
 

@@ -4,7 +4,9 @@ Protocol (defaults as the original): a fresh model per expert, SGD lr 0.01 with 
 momentum and no weight decay, batch 256, DSA on every real batch, a flat snapshot before
 training and after every epoch, optionally lr x0.1 after epoch ``epochs // 2 + 1``. The
 epochs run in :func:`mtt_fast.training.fit`, the loop evaluation uses too. Every finished
-expert is written atomically, so re-running the same command resumes.
+expert is written atomically, and so is the state of an unfinished one after every
+epoch (``expert_0000i.partial.pt``): re-running the same command resumes, losing at most
+the epoch that was running.
 
 Several processes may fill one store at once: each claims an expert index before training
 it (:meth:`TrajectoryStore.next_to_train`), trains expert ``i`` from seed ``seed + i`` and
@@ -28,6 +30,7 @@ from mtt_fast import models, training
 from mtt_fast.augment import DEFAULT_STRATEGY, parse_strategy
 from mtt_fast.experts.meta import ExpertTraining, Preprocessing, StoreMeta
 from mtt_fast.experts.store import META, TrajectoryStore
+from mtt_fast.utils import atomic_save
 
 __all__ = ["train_experts"]
 
@@ -47,11 +50,53 @@ def _claim_some(store: TrajectoryStore, want: int, n: int) -> list | int | None:
     return claims
 
 
-def _train_one(nets, gens, claims, x, y, record, kw) -> list[torch.Tensor]:
-    """One expert, as buffer.py: :func:`mtt_fast.training.fit` with SGD."""
-    net, claim = nets[0], claims[0]
-    snaps = torch.empty(kw["epochs"] + 1, sum(p.numel() for p in net.parameters()), device=x.device)
+def _partial_name(i: int) -> str:
+    return f"expert_{i:05d}.partial.pt"
+
+
+def _load_partial(path: Path, index: int, epochs: int, num_params: int) -> dict | None:
+    """The saved state of an unfinished expert, or None (no file, or one that does not fit
+    this expert: said on stderr, and the expert is trained from the start)."""
+    if not path.exists():
+        return None
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+        shape = tuple(st["snaps"].shape)
+        if st.get("format") != _PARTIAL_FORMAT or st["index"] != index:
+            raise ValueError(f"not expert {index}'s state")
+        if not (1 <= st["epoch"] < epochs and shape == (st["epoch"] + 1, num_params)):
+            raise ValueError(f"epoch {st['epoch']} and snapshots {shape} do not fit "
+                             f"{epochs} epochs of {num_params} parameters")  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - any unreadable state means: start over
+        print(f"ignoring {path} ({type(e).__name__}: {e}); training expert {index} from "
+              "its first epoch", file=sys.stderr)  # fmt: skip
+        return None
+    return st
+
+
+_PARTIAL_FORMAT = "mtt-fast-partial-expert"
+
+
+def _train_one(nets, gens, claims, x, y, record, kw, folder: Path) -> list[torch.Tensor]:
+    """One expert, as buffer.py: :func:`mtt_fast.training.fit` with SGD.
+
+    After every epoch the unfinished expert's whole state (snapshots so far, model,
+    optimizer, the generator of its shuffles and DSA draws) is saved atomically to
+    ``expert_0000i.partial.pt`` in the store; whoever claims expert ``i`` next resumes
+    from it, and the expert comes out as an uninterrupted run would make it, bit for bit.
+    """
+    net, claim, gen = nets[0], claims[0], gens[0]
+    epochs = kw["epochs"]
+    snaps = torch.empty(epochs + 1, sum(p.numel() for p in net.parameters()), device=x.device)
     snaps[0] = _flat_params(net)
+    part = folder / _partial_name(claim.index)
+    saved = _load_partial(part, claim.index, epochs, snaps.shape[1])
+    start, opt_state = 0, None
+    if saved is not None:
+        start, opt_state = int(saved["epoch"]), saved["optimizer"]
+        snaps[: start + 1] = saved["snaps"].to(snaps)
+        net.load_state_dict(saved["model"])
+        gen.set_state(saved["generator"])
     t0 = time.perf_counter()
 
     def after_epoch(st: training.EpochStats) -> None:
@@ -59,16 +104,25 @@ def _train_one(nets, gens, claims, x, y, record, kw) -> list[torch.Tensor]:
         record(claim.index, st, net, t0)
         claim.touch()
 
+    def save_state(st: training.EpochStats, opt: torch.optim.Optimizer) -> None:
+        if st.epoch < epochs:
+            atomic_save({"format": _PARTIAL_FORMAT, "index": claim.index, "epoch": st.epoch,
+                         "snaps": snaps[: st.epoch + 1].cpu(), "model": net.state_dict(),
+                         "optimizer": opt.state_dict(), "generator": gen.get_state()},
+                        part)  # fmt: skip
+
     training.fit(
         net, x, y, training.sgd(net, kw["momentum"], kw["weight_decay"]), kw["lr"],
-        kw["epochs"], kw["batch_size"], kw["dsa_strategy"], gens[0],
+        epochs, kw["batch_size"], kw["dsa_strategy"], gen,
         decay_after=kw["decay_after"], on_epoch=after_epoch,
+        start=start, optimizer_state=opt_state, on_state=save_state,
     )  # fmt: skip
     return [snaps]
 
 
-def _train_together(nets, gens, claims, x, y, record, kw) -> list[torch.Tensor]:
-    """Several experts at once (:func:`mtt_fast.experts.vectorized.train_together`)."""
+def _train_together(nets, gens, claims, x, y, record, kw, folder: Path) -> list[torch.Tensor]:
+    """Several experts at once (:func:`mtt_fast.experts.vectorized.train_together`); these
+    resume per expert, not per epoch."""
     from mtt_fast.experts.vectorized import train_together
     from mtt_fast.models.functional import load_flat
 
@@ -202,13 +256,17 @@ def train_experts(
                     nets.append(models.from_spec(meta.model).to(device))
                     gens.append(torch.Generator(device=device).manual_seed(seed + c.index))
                 train = _train_one if len(claims) == 1 else _train_together
-                for c, snaps in zip(claims, train(nets, gens, claims, x, y, record, fit_kw),
-                                    strict=True):  # fmt: skip
+                trained = train(nets, gens, claims, x, y, record, fit_kw, out)
+                for c, snaps in zip(claims, trained, strict=True):
                     store.add_expert(snaps.cpu(), index=c.index)
+                    (out / _partial_name(c.index)).unlink(missing_ok=True)
             finally:
                 for c in claims:
                     c.release()
     store.refresh()
+    for part in out.glob("expert_*.partial.pt"):  # killed between publishing and removing
+        if part.with_name(part.name.replace(".partial.pt", ".npy")).exists():
+            part.unlink(missing_ok=True)
     return store
 
 

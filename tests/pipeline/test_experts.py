@@ -3,6 +3,7 @@ the one training loop it shares with evaluation (training.fit)."""
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 
@@ -116,6 +117,76 @@ def test_experts_are_bit_identical_to_the_loop_before_fit(tmp_path, tiny, decay)
     assert torch.equal(torch.from_numpy(np.array(store.expert(0))), want)
     assert [r["lr"] for r in recs] == pytest.approx([0.1] * 5 if not decay else [0.1] * 4 + [0.01])
     assert store.meta.training.lr_decay is decay and store.meta.training.momentum == 0.5
+
+
+@pytest.mark.parametrize("saved_epoch", [2, 4])  # before / after the decay (pass 3)
+def test_an_expert_killed_mid_training_resumes_from_its_last_epoch_bit_for_bit(
+    tmp_path, tiny, saved_epoch, capsys
+):
+    kw = dict(epochs=5, lr=0.1, momentum=0.5, lr_decay=True)
+    want = _run(tmp_path / "whole", tiny, 2, **kw)
+    out = tmp_path / "killed"
+
+    def killed_during(rec):  # dies in the epoch after `saved_epoch` of expert 1
+        if rec["expert"] == 1 and rec["epoch"] == saved_epoch + 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(out, tiny, 2, log=killed_during, **kw)
+    part = out / "expert_00001.partial.pt"
+    assert part.exists() and TrajectoryStore.open(out).num_experts == 1
+    assert torch.load(part, weights_only=True)["epoch"] == saved_epoch
+
+    recs: list[dict] = []
+    got = _run(out, tiny, 2, log=recs.append, **kw)
+    assert [r["epoch"] for r in recs] == list(range(saved_epoch + 1, 6))  # no epoch redone
+    assert recs[-1]["lr"] == pytest.approx(0.01)
+    for i in range(2):
+        np.testing.assert_array_equal(got.expert(i), want.expert(i))
+    assert not part.exists()
+
+    # an unreadable state is named on stderr and the expert is trained from its start
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "bad", tiny, 1, log=lambda r: _stop(r) if r["epoch"] == 2 else None,
+             **kw)  # fmt: skip
+    (tmp_path / "bad" / "expert_00000.partial.pt").write_bytes(b"torn")
+    recs.clear()
+    got = _run(tmp_path / "bad", tiny, 1, log=recs.append, **kw)
+    assert "ignoring" in capsys.readouterr().err and recs[0]["epoch"] == 1
+    np.testing.assert_array_equal(got.expert(0), want.expert(0))
+
+
+def test_fit_resumes_at_a_pass_with_the_lr_and_optimizer_state_it_had():
+    def make():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+
+    x, y = torch.randn(8, 1, 2, 2), torch.tensor([0, 1] * 4)
+    net, gen = make(), torch.Generator().manual_seed(1)
+    states = {}
+
+    def keep(st, opt):
+        states[st.epoch] = ({k: v.clone() for k, v in net.state_dict().items()},
+                            copy.deepcopy(opt.state_dict()), gen.get_state())  # fmt: skip
+
+    seen: list[training.EpochStats] = []
+    training.fit(net, x, y, training.sgd(net, momentum=0.9), 1.0, 6, batch_size=4,
+                 generator=gen, decay_after=2, on_epoch=seen.append, on_state=keep)  # fmt: skip
+    for start in (1, 3, 5):
+        net2 = make()
+        sd, opt_sd, g = states[start]
+        net2.load_state_dict(sd)
+        gen2 = torch.Generator()
+        gen2.set_state(g)
+        rest: list[training.EpochStats] = []
+        training.fit(net2, x, y, training.sgd(net2, momentum=0.9), 1.0, 6, batch_size=4,
+                     generator=gen2, decay_after=2, on_epoch=rest.append, start=start,
+                     optimizer_state=opt_sd)  # fmt: skip
+        assert rest == seen[start:]
+        for a, b in zip(net2.parameters(), net.parameters(), strict=True):
+            assert torch.equal(a, b)
+    with pytest.raises(ValueError, match=r"start must be in \[0, passes=6\], got 7"):
+        training.fit(net, x, y, training.sgd(net), 1.0, 6, start=7)
 
 
 def test_fit_runs_passes_decays_once_and_reports():
