@@ -346,3 +346,66 @@ def test_conv_memory_format(benchmark):
     print("\n[conv format] seconds (forward, backward, double backward):")
     for k, v in out.items():
         print(f"  {k:<28s} " + "  ".join(f"{v[p]:.4f}" for p in v))
+
+
+def test_conv_rate(benchmark):
+    """How close the convolutions run to this core's matrix-multiply rate: GFLOP/s of the
+    preset's convolutions (forward, backward-data, backward-weights) against a plain GEMM of
+    the same size, and the least time the nine convolution-sized products of one student
+    step (forward 1, the student's gradient 2, its double backward 4, the backward through
+    the forward 2; 8 for the first layer) take at the best of these rates: a floor for
+    ``unroll`` that only fewer FLOPs (e.g. Winograd) or a faster GEMM can lower."""
+    import torch.nn.functional as F
+
+    dev = torch.device(DEVICE)
+    out: dict = {}
+
+    def best_of(fn, n=3):
+        t = float("inf")
+        for _ in range(n):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t = min(t, time.perf_counter() - t0)
+        return t
+
+    def one(cin: int, size: int) -> dict:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(100, cin, size, size, generator=g).to(dev)
+        w = torch.randn(128, cin, 3, 3, generator=g).to(dev)
+        gy = torch.randn(100, 128, size, size, generator=g).to(dev)
+        a = torch.randn(128, cin * 9, generator=g).to(dev)
+        b = torch.randn(cin * 9, 100 * size * size, generator=g).to(dev)
+        bw = torch.ops.aten.convolution_backward
+        conv = ((1, 1), (1, 1), (1, 1), False, (0, 0), 1)
+        return {
+            "gemm": best_of(lambda: a @ b),
+            "forward": best_of(lambda: F.conv2d(x, w, padding=1)),
+            "backward_data": best_of(lambda: bw(gy, x, w, None, *conv, (True, False, False))),
+            "backward_weights": best_of(lambda: bw(gy, x, w, None, *conv, (False, True, False))),
+        }
+
+    def run_all():
+        floor = 0.0
+        for cin, size in ((3, 32), (128, 16), (128, 8)):
+            flop = 2 * 100 * size * size * 128 * cin * 9
+            times = one(cin, size)
+            out[f"{cin}x{size}x{size}"] = {
+                k: {"seconds": v, "gflops": flop / v / 1e9} for k, v in times.items()
+            }
+            floor += (8 if cin == 3 else 9) * min(times.values())  # the fastest of the four
+        out["step_conv_floor_seconds"] = floor
+        return out
+
+    benchmark.pedantic(run_all, rounds=1, iterations=1)
+    _OUT["conv_rate"] = {**out, "env": _env()}
+    _save()
+    print("\n[conv rate] GFLOP/s (gemm, forward, backward data, backward weights):")
+    for k, v in out.items():
+        if isinstance(v, dict):
+            print(f"  {k:<12s} " + "  ".join(f"{p} {v[p]['gflops']:.1f}" for p in v))
+    print(f"  one student step's convolutions at the best rate: "
+          f">= {out['step_conv_floor_seconds']:.3f} s")  # fmt: skip
