@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -377,23 +375,6 @@ def test_version_1_store_opens_and_resumes_untouched(tmp_path):
     m = TrajectoryStore.open(imp).meta
     assert m.training.dsa_strategy == "none" and m.imported_from == ("a.pt",)
     assert m.extra == {"note": "x"} and m["dsa"] is False
-
-
-REAL_STORE = Path(__file__).resolve().parents[2].parent / "runs" / "mnist-w128" / "buffers"
-
-
-def test_a_real_store_of_format_1_reads(tmp_path):
-    """A store being written by the code of before StoreMeta: copied, never touched."""
-    first = REAL_STORE / "expert_00000.npy"
-    if not first.is_file():
-        pytest.skip(f"no real store with a finished expert at {REAL_STORE}")
-    for name in ("meta.json", first.name):
-        shutil.copyfile(REAL_STORE / name, tmp_path / name)
-    store = TrajectoryStore.open(tmp_path)
-    assert store.meta.dataset == "mnist" and store.meta.im_size == (28, 28)
-    assert store.num_experts == 1 and store.expert(0).shape == (store.epochs + 1, store.num_params)
-    net = store.build_model()
-    assert flatten(net).shape == store.params(0, 0).shape
 
 
 # ------------------------------------------------------------------ atomic files of many writers
