@@ -2,7 +2,8 @@
 128: the random baseline under several evaluation augmentations (DSA groups, or none).
 
 Usage: ``python benchmarks/fidelity/random_augment.py DATA STRATEGY [STRATEGY ...]``
-(``none`` = no augmentation); writes ``benchmarks/results/fidelity-mnist-random-ipc1-augment.json``.
+(``none`` = no augmentation); merges its rows into
+``benchmarks/results/fidelity-mnist-random-ipc1-augment.json`` (rows of other strategies kept).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def main() -> None:
     torch.set_num_threads(2)
     keep_freed_memory()
     data = prepare("mnist", root=root)
-    rows = {}
+    old = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    rows = old.get("rows", {})
     for strat in strategies:
         t = time.time()
         r = evaluate_baselines(
@@ -50,7 +52,7 @@ def main() -> None:
         print(strat, json.dumps(rows[strat]), flush=True)
     atomic_write_json(
         {
-            "command": " ".join(["python", *sys.argv]),
+            "command": " ".join(["python", *sys.argv[:2], *rows]),
             "rows": rows,
             "versions": versions(),
             "threads": 2,
