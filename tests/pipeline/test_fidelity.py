@@ -189,6 +189,36 @@ def test_run_report_baseline_lr_paper_style_and_published(tmp_path, capsys):
     assert "published" in printed and "paper-style" in printed
 
 
+@pytest.mark.parametrize("num_eval", [1, 0])
+def test_run_reuses_the_loops_evaluation_of_the_final_set(tmp_path, monkeypatch, num_eval):
+    """The loop evaluates the set at its last iteration; the report reuses that evaluation
+    instead of training the same number of models on the same set again. With no periodic
+    evaluation (num_eval 0) the report's single model is a fresh evaluation."""
+    calls: list = []
+    real = evaluation.evaluate
+
+    def counting(*a, **k):
+        rep = real(*a, **k)
+        calls.append((k.get("seed"), rep.results["mtt"]))
+        return rep
+
+    monkeypatch.setattr(evaluation, "evaluate", counting)
+    out = tmp_path / "run"
+    args = ["run", "--out", str(out), *TINY, "--num-eval", str(num_eval)]
+    assert main(args) == 0
+    rep = json.loads((out / "report.json").read_text())
+    head = rep["model"]
+    if num_eval:
+        assert len(calls) == 2  # iterations 2 and 4: none after the loop
+        assert calls[-1][0] == rep["config"]["seed"] * 1_000_003 + 4
+        assert rep["accuracy"]["mtt"]["runs"] == calls[-1][1][head]["runs"]
+        assert "last iteration" in rep["protocol"]["mtt_models"]
+    else:
+        assert len(calls) == 1 and calls[0][0] == rep["config"]["seed"]
+        assert rep["accuracy"]["mtt"]["runs"] == calls[0][1][head]["runs"]
+        assert "fresh" in rep["protocol"]["mtt_models"]
+
+
 def test_reproduce_shares_experts_and_resumes_cell_by_cell(tmp_path, monkeypatch):
     from mtt_fast import experts, pipeline
 
