@@ -149,8 +149,9 @@ def run(
         The report (the content of ``out/report.json``): ``dataset``, ``ipc``, ``model``,
         ``model_kwargs``, ``accuracy`` (``{source: {"mean", "std", "runs"}}``, the final
         set's, from the distillation's evaluation at its last iteration when it made one
-        (:func:`final_evaluation`; ``protocol.mtt_models`` says which), and the baselines'), ``accuracy_paper_style`` (best mean over the periodic
-        evaluations, the paper's way of reporting), ``published`` (the references for this
+        (:func:`final_evaluation`; ``protocol.mtt_models`` says which), and the
+        baselines'), ``accuracy_paper_style`` (best mean over the periodic evaluations,
+        the paper's way of reporting), ``published`` (the references for this
         setting), ``protocol`` (with the lr of each row), timings, config and versions.
     """
     from mtt_fast.distillation import GRID, distill
