@@ -213,14 +213,15 @@ def run(
     num_eval = max(1, cfg.num_eval)
     say(f"[3/3] evaluating mtt vs {', '.join(baselines) or 'nothing'} on {', '.join(models)}")
     t = time.perf_counter()
-    results = _evaluate_all(res, data, models, num_eval, baselines, baseline_lr, device, progress)
+    last = final_evaluation(res, models, num_eval)
+    results = _evaluate_all(res, last, data, models, num_eval, baselines, baseline_lr, device, progress)
     timings["eval_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
 
     report = build_report(cfg, models, results, res, store, num_eval, baseline_lr, baselines)
     report["protocol"]["mtt_models"] = (
         "the distillation's evaluation at its last iteration (seeds seed * 1000003 + iteration)"
-        if final_evaluation(res, models, num_eval) is not None
+        if last is not None
         else "a fresh evaluation after the distillation (seeds from seed)"
     )
     report.update(
@@ -255,12 +256,12 @@ def final_evaluation(res: Any, models: Sequence[str], num_eval: int) -> dict | N
     return last
 
 
-def _evaluate_all(res, data, models, num_eval, baselines, baseline_lr, device, progress) -> dict:
+def _evaluate_all(res, last, data, models, num_eval, baselines, baseline_lr, device, progress) -> dict:
     """The distilled set and the real-subset baselines, each on ``num_eval`` fresh models of
     every evaluated architecture (the distilled set at its learned lr, baselines at
     ``baseline_lr``): ``{source: {model: {"mean", "std", "runs", ...}}}``. The distilled
-    set's results are the loop's evaluation at its last iteration when it made one
-    (:func:`final_evaluation`), else a fresh evaluation."""
+    set's results are ``last`` (the loop's evaluation at its last iteration, from
+    :func:`final_evaluation`) when given, else a fresh evaluation."""
     from mtt_fast.evaluation import evaluate, evaluate_baselines
 
     cfg = res.config
@@ -268,7 +269,6 @@ def _evaluate_all(res, data, models, num_eval, baselines, baseline_lr, device, p
     common = dict(
         dsa_strategy=cfg.dsa, seed=cfg.seed, device=device, progress=progress, model_kwargs=mk
     )
-    last = final_evaluation(res, models, num_eval)
     if last is not None:  # the loop's last periodic evaluation is of this very set
         results = {"mtt": {m: dict(r) for m, r in last["eval"].items()}}
     else:
