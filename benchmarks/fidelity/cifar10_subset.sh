@@ -15,7 +15,9 @@
 # Then merges the cell into benchmarks/results/fidelity-mnist.{json,md}.
 # Usage: bash benchmarks/fidelity/cifar10_subset.sh IPC [ITERATIONS]
 # Env: DATA (default ../shared/data), OUT (default runs/fidelity), THREADS (default 2),
-# DEVICE (default cpu), EXPERT_EPOCHS (default 20), MAX_START_EPOCH (default 2).
+# DEVICE (default cpu), EXPERT_EPOCHS (default 20), MAX_START_EPOCH (default 2), BASELINES
+# (random,herding; "" skips them, e.g. to evaluate them model by model across sessions with
+# benchmarks/fidelity/baselines.py, which table.py then fills in).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 IPC=${1:?usage: cifar10_subset.sh IPC [ITERATIONS]}
@@ -26,7 +28,7 @@ mtt-fast --threads "${THREADS:-2}" reproduce --dataset cifar10-subset --data-pat
   --ipc "$IPC" --out "$OUT" --width 128 --depth 3 \
   --num-experts 5 --expert-epochs-train 22 \
   --expert-epochs "${EXPERT_EPOCHS:-20}" --max-start-epoch "${MAX_START_EPOCH:-2}" \
-  --iterations "$ITERATIONS" \
+  --iterations "$ITERATIONS" --baselines "${BASELINES-random,herding}" \
   --eval-it 100 --checkpoint-it 10 --num-eval 5 --eval-epochs 1000 --no-progress
 python benchmarks/fidelity/table.py "$OUT" --cell "cifar10-subset/ipc$IPC" \
-  --command "${DEVICE:+DEVICE=$DEVICE }${EXPERT_EPOCHS:+EXPERT_EPOCHS=$EXPERT_EPOCHS }${MAX_START_EPOCH:+MAX_START_EPOCH=$MAX_START_EPOCH }bash benchmarks/fidelity/cifar10_subset.sh $IPC $ITERATIONS"
+  --command "${DEVICE:+DEVICE=$DEVICE }${EXPERT_EPOCHS:+EXPERT_EPOCHS=$EXPERT_EPOCHS }${MAX_START_EPOCH:+MAX_START_EPOCH=$MAX_START_EPOCH }${BASELINES+BASELINES=\"$BASELINES\" }bash benchmarks/fidelity/cifar10_subset.sh $IPC $ITERATIONS"

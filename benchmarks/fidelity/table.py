@@ -1,12 +1,18 @@
 """Merge finished fidelity cells into ``benchmarks/results/fidelity-mnist.{json,md}``.
 
 Usage: ``python benchmarks/fidelity/table.py OUT --cell DATASET/ipcN --command "..."``
+(or ``python benchmarks/fidelity/table.py --fill``: only fill baselines, below)
 
 Every ``--cell`` (a folder ``OUT/<dataset>/ipc<N>`` holding the ``report.json`` that
 ``mtt-fast reproduce`` wrote) replaces the row of the same (dataset, IPC, command) in the
 results file; rows of other cells (and other settings of the same cell) are kept, so the MNIST and CIFAR-10-slice runs, made by different
 commands (and possibly on different days), end up in one table. Each row keeps the command
 that made it and the machine and versions it ran on (``report["versions"]``).
+
+A row made without a baseline (``BASELINES=""``) gets it from
+``fidelity-baselines.json`` once ``baselines.py`` has evaluated all of its models there
+under the row's protocol (dataset, IPC, model and kwargs, ZCA, DSA, epochs, batch, seed;
+lr 0.01); ``protocol.lr_source`` then names that file.
 """
 
 from __future__ import annotations
@@ -16,14 +22,44 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from mtt_fast.pipeline import format_table, versions
 from mtt_fast.utils import atomic_write_json, atomic_write_text
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 NAME = "fidelity-mnist"
+BASELINES = "fidelity-baselines"
 
 
-def merge(out: Path, cells: list[str], command: str, results: Path = RESULTS) -> dict:
+def fill_baselines(rows: list[dict], results: Path = RESULTS) -> None:
+    """Fill the baselines a row lacks from ``fidelity-baselines.json`` (see the docstring)."""
+    path = results / f"{BASELINES}.json"  # written by baselines.py
+    book = json.loads(path.read_text()) if path.exists() else {"entries": []}
+    for row in rows:
+        proto, cfg = row["protocol"], row.get("config", {})
+        n, model = int(proto["num_eval"]), row["model"]
+        for e in book["entries"]:
+            p = e["protocol"]
+            runs = [e["models"].get(str(r)) for r in range(n)]
+            theirs = (e["dataset"], int(e["ipc"]), p["model"], p["model_kwargs"], p["zca"])
+            ours = (row["dataset"], int(row["ipc"]), model, row["model_kwargs"], cfg.get("zca"))
+            keys = ("dsa_strategy", "epochs", "batch_size", "seed")
+            same = theirs == ours and all(p[k] == proto[k] for k in keys)
+            if not same or e["kind"] in row["accuracy"] or None in runs:
+                continue
+            acc = [float(x["test_acc"]) for x in runs]
+            stats = {"mean": float(np.mean(acc)), "std": float(np.std(acc)), "runs": acc}
+            row["accuracy"][e["kind"]] = stats
+            row.setdefault("per_model", {}).setdefault(model, {})[e["kind"]] = stats
+            proto.setdefault("lr", {})[e["kind"]] = p["lr"]
+            proto.setdefault("lr_source", {})[e["kind"]] = (
+                "fixed (DC / MTT protocol); evaluated model by model by "
+                "benchmarks/fidelity/baselines.py (benchmarks/results/fidelity-baselines.json)"
+            )
+
+
+def merge(out: Path | None, cells: list[str], command: str, results: Path = RESULTS) -> dict:
     path = results / f"{NAME}.json"
     table = json.loads(path.read_text()) if path.exists() else {"rows": []}
     rows = {(r["dataset"], int(r["ipc"]), r["command"]): r for r in table["rows"]}
@@ -35,6 +71,7 @@ def merge(out: Path, cells: list[str], command: str, results: Path = RESULTS) ->
         row["command"] = command
         rows[(row["dataset"], int(row["ipc"]), command)] = row
     table["rows"] = [rows[k] for k in sorted(rows)]
+    fill_baselines(table["rows"], results)
     table["note"] = (
         "accuracy.mtt is the final synthetic set (headline); accuracy_paper_style is the best "
         "periodic evaluation (the paper's way, optimistic); published holds reruns by later "
@@ -56,11 +93,14 @@ def merge(out: Path, cells: list[str], command: str, results: Path = RESULTS) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out", type=Path, help="the reproduce output folder")
-    ap.add_argument("--cell", action="append", required=True, help="DATASET/ipcN")
-    ap.add_argument("--command", required=True, help="the command that made the cells")
+    ap.add_argument("out", type=Path, nargs="?", help="the reproduce output folder")
+    ap.add_argument("--cell", action="append", default=[], help="DATASET/ipcN")
+    ap.add_argument("--command", help="the command that made the cells")
+    ap.add_argument("--fill", action="store_true", help="only fill baselines into the rows")
     a = ap.parse_args()
-    merge(a.out, a.cell, a.command)
+    if not a.fill and not (a.out and a.cell and a.command):
+        ap.error("give OUT, --cell and --command (or --fill)")
+    merge(a.out, a.cell, a.command or "", RESULTS)
     print(f"wrote {RESULTS / NAME}.json and .md")
 
 
