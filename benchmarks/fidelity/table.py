@@ -32,8 +32,10 @@ NAME = "fidelity-mnist"
 BASELINES = "fidelity-baselines"
 
 
-def fill_baselines(rows: list[dict], results: Path = RESULTS) -> None:
-    """Fill the baselines a row lacks from ``fidelity-baselines.json`` (see the docstring)."""
+def fill_baselines(rows: list[dict], results: Path = RESULTS) -> int:
+    """Fill the baselines a row lacks from ``fidelity-baselines.json`` (see the docstring);
+    returns how many were filled."""
+    filled = 0
     path = results / f"{BASELINES}.json"  # written by baselines.py
     book = json.loads(path.read_text()) if path.exists() else {"entries": []}
     for row in rows:
@@ -57,6 +59,8 @@ def fill_baselines(rows: list[dict], results: Path = RESULTS) -> None:
                 "fixed (DC / MTT protocol); evaluated model by model by "
                 "benchmarks/fidelity/baselines.py (benchmarks/results/fidelity-baselines.json)"
             )
+            filled += 1
+    return filled
 
 
 def merge(out: Path | None, cells: list[str], command: str, results: Path = RESULTS) -> dict:
@@ -71,7 +75,8 @@ def merge(out: Path | None, cells: list[str], command: str, results: Path = RESU
         row["command"] = command
         rows[(row["dataset"], int(row["ipc"]), command)] = row
     table["rows"] = [rows[k] for k in sorted(rows)]
-    fill_baselines(table["rows"], results)
+    if not fill_baselines(table["rows"], results) and not cells and path.exists():
+        return table  # nothing new: the files stay as they are
     table["note"] = (
         "accuracy.mtt is the final synthetic set (headline); accuracy_paper_style is the best "
         "periodic evaluation (the paper's way, optimistic); published holds reruns by later "
