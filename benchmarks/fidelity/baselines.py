@@ -152,4 +152,7 @@ def main(argv: list[str] | None = None, results: Path = RESULTS) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, OSError) as e:  # a bad dataset, IPC or data path: one line
+        sys.exit(f"baselines.py: {e}")

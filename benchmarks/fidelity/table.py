@@ -11,8 +11,8 @@ that made it and the machine and versions it ran on (``report["versions"]``).
 
 A row made without a baseline (``BASELINES=""``) gets it from
 ``fidelity-baselines.json`` once ``baselines.py`` has evaluated all of its models there
-under the row's protocol (dataset, IPC, model and kwargs, ZCA, DSA, epochs, batch, seed;
-lr 0.01); ``protocol.lr_source`` then names that file.
+under the row's protocol (dataset, IPC, model and kwargs, ZCA, DSA, epochs, batch, seed);
+``protocol.lr`` gets the lr they ran at (0.01) and ``protocol.lr_source`` names that file.
 """
 
 from __future__ import annotations
@@ -105,8 +105,10 @@ def main() -> None:
     a = ap.parse_args()
     if not a.fill and not (a.out and a.cell and a.command):
         ap.error("give OUT, --cell and --command (or --fill)")
+    before = (RESULTS / f"{NAME}.json").read_bytes() if (RESULTS / f"{NAME}.json").exists() else None
     merge(a.out, a.cell, a.command or "", RESULTS)
-    print(f"wrote {RESULTS / NAME}.json and .md")
+    changed = before != (RESULTS / f"{NAME}.json").read_bytes()
+    print(f"wrote {RESULTS / NAME}.json and .md" if changed else "nothing new to write")
 
 
 if __name__ == "__main__":
